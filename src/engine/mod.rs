@@ -1,0 +1,257 @@
+//! The llama.cpp adapter: loading a model, tokenizing safely, and running the
+//! budget-forcing controller against real decoding.
+//!
+//! One llama.cpp backend per process ([`backend`]). An [`Engine`] holds one
+//! loaded model and is shared across threads (`Arc<Engine>`); each solve gets
+//! its own context, and context creation is serialized because llama.cpp
+//! mutates the model while creating one.
+
+mod llama_log;
+mod sampling;
+mod session;
+mod vocab;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use serde::{Deserialize, Serialize};
+
+pub use sampling::SamplingConfig;
+pub use session::{BareDecode, SolveOptions};
+pub use vocab::Vocab;
+
+use crate::budget::Delimiters;
+use crate::error::{ReckonError, Result};
+use crate::format::ThinkFormat;
+use crate::gguf::{self, GgufFile};
+
+/// Architectures llama.cpp runs as decoder-only text models that reckon's
+/// think formats fit. Anything else is refused with a clear error before
+/// llama.cpp sees it.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "qwen2", "qwen3", "qwen2moe", "qwen3moe", "llama", "mistral", "mistral3", "gemma", "gemma2",
+    "gemma3", "phi2", "phi3", "granite", "granitemoe", "olmo", "olmo2", "deepseek", "deepseek2",
+    "smollm3", "exaone", "internlm2", "starcoder2", "stablelm", "falcon", "command-r", "cohere2",
+    "glm4", "ernie4_5", "hunyuan-dense", "minicpm", "minicpm3", "gpt2", "gptneox", "bloom",
+    "mpt", "starcoder", "baichuan", "orion", "chatglm", "openelm", "bitnet", "granitehybrid",
+];
+
+static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+
+/// The process-wide llama.cpp backend, started on first use, with llama.cpp's
+/// log routed to the `log` facade (target `llama.cpp`).
+pub fn backend() -> Result<&'static LlamaBackend> {
+    BACKEND
+        .get_or_init(|| {
+            llama_log::install();
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| ReckonError::Backend(e.clone()))
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineOptions {
+    /// Force a think format instead of detecting it.
+    pub format: Option<ThinkFormat>,
+    /// Layers to offload to the GPU (CUDA builds); 0 on CPU.
+    pub gpu_layers: u32,
+    /// Upper bound on a solve's context, in tokens (phones: save memory).
+    /// `None`: the model's training context.
+    pub max_context: Option<u32>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { format: None, gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 }, max_context: None }
+    }
+}
+
+/// What a person needs to know about a model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// `general.name`.
+    pub name: Option<String>,
+    /// `general.architecture`.
+    pub architecture: String,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// Parameters.
+    pub n_params: u64,
+    /// `general.file_type` as llama.cpp names it (`Q4_K_M`).
+    pub quantization: String,
+    /// Tensor count per ggml type, most common first.
+    pub tensor_types: Vec<(String, usize)>,
+    /// Training context length.
+    pub context_length: Option<u64>,
+    /// Layers.
+    pub block_count: Option<u64>,
+    /// Embedding width.
+    pub embedding_length: Option<u64>,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Whether a chat template is embedded.
+    pub has_chat_template: bool,
+    /// The think format detected from template and vocabulary.
+    pub detected_format: ThinkFormat,
+    /// GGUF version.
+    pub gguf_version: u32,
+}
+
+impl ModelInfo {
+    /// Read a GGUF file's header (checked) into an info record. Does not load
+    /// the weights; does not need llama.cpp.
+    pub fn read(path: &Path) -> Result<(Self, GgufFile)> {
+        let file = open_checked(path)?;
+        let arch = file.architecture().unwrap_or("unknown").to_string();
+        let key = |k: &str| file.get_u64(&format!("{arch}.{k}"));
+        let mut types: std::collections::BTreeMap<&str, usize> = Default::default();
+        for t in &file.tensors {
+            *types.entry(gguf::type_name(t.ggml_type)).or_default() += 1;
+        }
+        let mut tensor_types: Vec<(String, usize)> = types.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        tensor_types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let template = file.get_str("tokenizer.chat_template");
+        let tokens = file.tokens();
+        let info = ModelInfo {
+            path: path.to_path_buf(),
+            name: file.get_str("general.name").map(str::to_string),
+            architecture: arch.clone(),
+            file_size: file.file_size,
+            n_params: file.n_params(),
+            quantization: file
+                .get_u64("general.file_type")
+                .map_or("unknown".to_string(), |t| gguf::file_type_name(t).to_string()),
+            tensor_types,
+            context_length: key("context_length"),
+            block_count: key("block_count"),
+            embedding_length: key("embedding_length"),
+            vocab_size: tokens.len(),
+            has_chat_template: template.is_some(),
+            detected_format: ThinkFormat::detect(template, tokens.iter().copied()),
+            gguf_version: file.version,
+        };
+        Ok((info, file))
+    }
+}
+
+/// Check a model path and its GGUF structure before anything else reads it.
+pub fn open_checked(path: &Path) -> Result<GgufFile> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ReckonError::ModelNotFound(path.to_path_buf()))
+        }
+        Err(e) => return Err(ReckonError::io(format!("reading {}", path.display()), e)),
+    };
+    if meta.is_dir() {
+        return Err(ReckonError::ModelIsDirectory(path.to_path_buf()));
+    }
+    GgufFile::open(path).map_err(|source| ReckonError::InvalidModel { path: path.to_path_buf(), source })
+}
+
+/// A loaded model, ready to solve questions from any thread.
+pub struct Engine {
+    pub(crate) model: LlamaModel,
+    pub(crate) vocab: Vocab,
+    pub(crate) delims: Delimiters,
+    pub(crate) template: Option<String>,
+    pub(crate) info: ModelInfo,
+    pub(crate) format: ThinkFormat,
+    pub(crate) options: EngineOptions,
+    pub(crate) load_ms: f64,
+    /// llama.cpp mutates the model while creating a context.
+    pub(crate) context_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("info", &self.info).field("format", &self.format).finish()
+    }
+}
+
+impl Engine {
+    /// Load a GGUF model. The file is checked first (path, GGUF structure,
+    /// architecture); llama.cpp only sees files that pass.
+    pub fn load(path: impl AsRef<Path>, options: EngineOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let start = Instant::now();
+        let (info, file) = ModelInfo::read(path)?;
+        if !SUPPORTED_ARCHITECTURES.contains(&info.architecture.as_str()) {
+            return Err(ReckonError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch: info.architecture.clone(),
+            });
+        }
+        if file.tokens().is_empty() {
+            return Err(ReckonError::ModelLoad { path: path.to_path_buf(), reason: "the file has no vocabulary".into() });
+        }
+        if let Some(max) = options.max_context {
+            if max < 64 {
+                return Err(ReckonError::InvalidOption(format!("max context {max} is below 64 tokens")));
+            }
+        }
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| ReckonError::ModelLoad {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let vocab = Vocab::new(&model);
+        let template = file.get_str("tokenizer.chat_template").map(str::to_string);
+        let format = options.format.unwrap_or(info.detected_format);
+        let delims = vocab.delimiters(&model, format);
+        drop(file);
+        let load_ms = start.elapsed().as_secs_f64() * 1e3;
+        log::info!("loaded {} ({}, {} format) in {load_ms:.0} ms", path.display(), info.quantization, format);
+        Ok(Self {
+            model,
+            vocab,
+            delims,
+            template,
+            info,
+            format,
+            options,
+            load_ms,
+            context_lock: Mutex::new(()),
+        })
+    }
+
+    /// What the file is.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The think format in use.
+    pub fn format(&self) -> ThinkFormat {
+        self.format
+    }
+
+    /// Model load time in milliseconds.
+    pub fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    /// The tokenizer and token tables.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// The token sequences of the think format in use.
+    pub fn delimiters(&self) -> &Delimiters {
+        &self.delims
+    }
+
+    /// The largest context a solve may use.
+    pub fn context_limit(&self) -> u32 {
+        let train = self.model.n_ctx_train();
+        self.options.max_context.map_or(train, |m| m.min(train))
+    }
+}

