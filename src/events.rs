@@ -155,6 +155,11 @@ pub struct SolveResult {
     pub extensions: u32,
     /// Tokens sampled from the model (generated ones plus suppressed ends).
     pub sampled_tokens: u32,
+    /// Tokens handed to llama.cpp's decode in total, prompt included. With a
+    /// kept KV cache this is the prompt plus every fed token, once.
+    pub decoded_tokens: u32,
+    /// Tokens removed from the end of the KV cache (suppressed delimiters).
+    pub rolled_back_tokens: u32,
     /// Whether the end of thinking was forced.
     pub forced_end: bool,
     /// How thinking ended (`None` if it never did: stopped while thinking).

@@ -35,8 +35,8 @@ pub enum GgufError {
     /// A version this reader does not know.
     #[error("unsupported GGUF version {0} (2 and 3 are supported)")]
     UnsupportedVersion(u32),
-    /// The file ends before its header does.
-    #[error("truncated: the file ends inside {0}")]
+    /// The file ends before its header does (or a length in it is corrupt).
+    #[error("truncated or corrupt: the file ends inside {0}")]
     Truncated(String),
     /// A value that cannot be right.
     #[error("corrupt header: {0}")]
@@ -355,7 +355,7 @@ impl<R: Read> Reader<R> {
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         if len > self.size - self.pos {
-            return Err(GgufError::Corrupt(format!("{what}: string length {len} runs past the end of the file")));
+            return Err(GgufError::Truncated(format!("{what} (a string of {len} bytes; {} remain)", self.size - self.pos)));
         }
         let mut buf = vec![0u8; len as usize];
         self.bytes(&mut buf, what)?;
@@ -400,7 +400,10 @@ impl<R: Read> Reader<R> {
                     t => return Err(GgufError::Corrupt(format!("{what}: unknown array element type {t}"))),
                 };
                 if n.checked_mul(min_size).is_none_or(|need| need > self.size - self.pos) {
-                    return Err(GgufError::Corrupt(format!("{what}: array of {n} elements runs past the end of the file")));
+                    return Err(GgufError::Truncated(format!(
+                        "{what} (an array of {n} elements; {} bytes remain)",
+                        self.size - self.pos
+                    )));
                 }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {

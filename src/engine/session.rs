@@ -82,6 +82,8 @@ struct Seq<'a> {
     pos: u32,
     n_ctx: u32,
     last_logits: i32,
+    decoded: u32,
+    rolled_back: u32,
 }
 
 impl<'a> Seq<'a> {
@@ -97,7 +99,7 @@ impl<'a> Seq<'a> {
             let _guard = engine.context_lock.lock().unwrap_or_else(|p| p.into_inner());
             engine.model.new_context(backend()?, params).map_err(|e| ReckonError::Context(e.to_string()))?
         };
-        Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0 })
+        Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0, decoded: 0, rolled_back: 0 })
     }
 
     /// Append tokens to the sequence; logits for the last one.
@@ -122,6 +124,7 @@ impl<'a> Seq<'a> {
             }
             self.ctx.decode(&mut self.batch).map_err(|e| ReckonError::Decode(e.to_string()))?;
             self.last_logits = chunk.len() as i32 - 1;
+            self.decoded += chunk.len() as u32;
         }
         Ok(())
     }
@@ -136,6 +139,7 @@ impl<'a> Seq<'a> {
             .clear_kv_cache_seq(Some(0), Some(from), None)
             .map_err(|e| ReckonError::Decode(e.to_string()))?;
         self.pos = from;
+        self.rolled_back += n as u32;
         Ok(())
     }
 
@@ -256,6 +260,8 @@ impl Engine {
             answer_tokens: counts.answer_generated,
             extensions: counts.extensions,
             sampled_tokens: sampled,
+            decoded_tokens: seq.decoded,
+            rolled_back_tokens: seq.rolled_back,
             forced_end: matches!(think_end, Some(ThinkEnd::TokenCap | ThinkEnd::TimeBudget)),
             think_end,
             finish,
