@@ -1,0 +1,104 @@
+//! The `reckon` binary as a person or a script uses it.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::model_path;
+
+fn reckon() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reckon"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+#[test]
+fn solve_json_has_the_documented_fields() {
+    let out = reckon()
+        .args(["solve", "--json", "--threads", "2", "--max-think", "16", "--max-answer", "8", "--model"])
+        .arg(model_path())
+        .arg("What is 6 times 7?")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "answer",
+        "extracted_answer",
+        "prompt_tokens",
+        "thinking_tokens",
+        "injected_tokens",
+        "answer_tokens",
+        "extensions",
+        "forced_end",
+        "timings",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert!(v["thinking_tokens"].as_u64().unwrap() <= 16);
+    assert!(v["timings"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn question_from_stdin() {
+    let mut child = reckon()
+        .args(["solve", "--json", "--max-think", "4", "--max-answer", "4", "--model"])
+        .arg(model_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"What is 1 + 1?").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 5);
+}
+
+#[test]
+fn errors_are_one_line_with_a_non_zero_exit() {
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["solve", "--model", "/nonexistent.gguf", "hi"],
+        vec!["solve", "--min-think", "10", "--max-think", "5", "hi"],
+        vec!["solve", "   "],
+        vec!["info", "/nonexistent.gguf"],
+        vec!["solve", "--format", "bogus", "hi"],
+    ];
+    for args in cases {
+        let out = reckon().args(&args).stdin(Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.trim().lines().count() >= 1, "{args:?}: {err}");
+        if args[0] != "solve" || args[1] != "--format" {
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(err.starts_with("error: "), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn info_describes_the_default_model() {
+    let out = reckon().args(["info", "--json"]).arg(model_path()).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["architecture"], "qwen2");
+    assert_eq!(v["quantization"], "Q4_K_M");
+    assert_eq!(v["context_length"], 32768);
+    assert_eq!(v["has_chat_template"], true);
+    assert_eq!(v["detected_format"], "plain");
+    assert_eq!(v["file_size"], 491_400_064u64);
+    let text = reckon().args(["info"]).arg(model_path()).output().unwrap();
+    let s = String::from_utf8_lossy(&text.stdout);
+    assert!(s.contains("think format:   plain"), "{s}");
+}
+
+#[test]
+fn help_explains() {
+    let out = reckon().args(["solve", "--help"]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--min-think", "--max-think", "--extensions", "--max-think-ms", "--format", "--temperature", "--seed", "--threads", "--json"] {
+        assert!(s.contains(flag), "--help lacks {flag}");
+    }
+}
