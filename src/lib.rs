@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod format;
 pub mod gguf;
+pub mod eval;
 pub mod models;
 
 pub use budget::BudgetConfig;

@@ -50,9 +50,63 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Evaluate models on a GSM8K-shaped JSONL file across thinking budgets:
+    /// accuracy, tokens, forced ends; per-problem records, a summary table
+    /// and an accuracy-vs-tokens plot. Re-running the same command resumes.
+    Eval(EvalArgs),
     /// Measure prefill, decode, time to first token and memory; compare a
     /// budget-forced solve with a bare llama.cpp decode loop.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// GGUF model(s) to compare (repeat the flag; default: the default model).
+    #[arg(long, short)]
+    model: Vec<PathBuf>,
+    /// JSONL with {"question", "answer"} lines, the answer ending in "#### N".
+    #[arg(long)]
+    data: PathBuf,
+    /// Thinking caps to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024")]
+    budgets: Vec<u32>,
+    /// Forced extension counts ("Wait" N times, s1's sequential scaling),
+    /// evaluated at --extensions-cap.
+    #[arg(long, value_delimiter = ',')]
+    extensions: Vec<u32>,
+    /// Thinking cap for the --extensions runs (default: the largest budget).
+    #[arg(long)]
+    extensions_cap: Option<u32>,
+    /// Evaluate at most N problems.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Skip the first N problems.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Output folder (records, summary.json, summary.md, plots).
+    #[arg(long)]
+    out: PathBuf,
+    /// Thinking floor for every run.
+    #[arg(long, default_value_t = 0)]
+    min_think: u32,
+    /// Bound on each answer, in tokens.
+    #[arg(long, default_value_t = 64)]
+    max_answer: u32,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Warn about malformed data lines and go on, instead of stopping.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -177,6 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Eval(args) => eval(args),
     }
 }
 
@@ -320,5 +375,35 @@ fn info(model: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     println!("chat template:  {}", if info.has_chat_template { "yes" } else { "no (ChatML is used)" });
     println!("think format:   {}", info.detected_format);
     println!("GGUF version:   {}", info.gguf_version);
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use reckon::eval::{self, data, EvalConfig, EvalPlan, OnBadLine};
+    let on_bad = if args.skip_bad_lines { OnBadLine::Skip } else { OnBadLine::Stop };
+    let (problems, skipped) = data::load(&args.data, args.offset, args.limit, on_bad)?;
+    if !skipped.is_empty() {
+        eprintln!("skipped {} malformed line(s) of {}", skipped.len(), args.data.display());
+    }
+    let ext_cap = args.extensions_cap.or(args.budgets.iter().copied().max()).unwrap_or(1024);
+    let configs = EvalConfig::sweep(&args.budgets, &args.extensions, ext_cap);
+    if configs.is_empty() {
+        bail!("nothing to evaluate: give --budgets and/or --extensions");
+    }
+    let models = if args.model.is_empty() { vec![models::default_model_path()] } else { args.model.clone() };
+    let base = SolveOptions {
+        budget: BudgetConfig { min_thinking_tokens: args.min_think, max_answer_tokens: args.max_answer, ..BudgetConfig::default() },
+        sampling: SamplingConfig { temperature: args.temperature, seed: args.seed, ..SamplingConfig::default() },
+        threads: args.threads,
+        ..SolveOptions::default()
+    };
+    let plan = EvalPlan { models, problems, configs, base, out: args.out.clone(), progress: !args.json && std::io::stderr().is_terminal() };
+    let summary = eval::run(&plan)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", eval::report::markdown(&summary));
+        println!("\nwritten to {}: records/, summary.json, summary.md, accuracy_vs_tokens.png/.svg", args.out.display());
+    }
     Ok(())
 }

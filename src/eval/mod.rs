@@ -1,0 +1,316 @@
+//! Dataset evaluation under a sweep of thinking budgets: accuracy against
+//! tokens used, per model and budget, the way the paper draws it.
+//!
+//! Records are appended to `OUT/records/<model>/<config>.jsonl` as each
+//! problem finishes, one whole line per write; re-running the same command
+//! reads them back and solves only what is missing. A half-written last line
+//! (a kill in the middle of a write) is cut off and redone.
+
+pub mod data;
+mod plot;
+pub mod report;
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::answer::answers_match;
+use crate::budget::{BudgetConfig, ThinkEnd};
+use crate::engine::{Engine, EngineOptions, SolveOptions};
+use crate::error::{ReckonError, Result};
+use crate::events::{FinishReason, Silent};
+pub use data::{OnBadLine, Problem};
+pub use report::{ConfigSummary, Summary};
+
+/// One point of the budget sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    /// Name used in files and tables (`cap256`, `cap1024+wait2`).
+    pub label: String,
+    /// Thinking cap.
+    pub max_thinking_tokens: u32,
+    /// Natural ends to ignore ("Wait" appended), s1's sequential scaling.
+    pub extensions: u32,
+}
+
+impl EvalConfig {
+    /// A cap with no extensions.
+    pub fn cap(cap: u32) -> Self {
+        Self { label: format!("cap{cap}"), max_thinking_tokens: cap, extensions: 0 }
+    }
+
+    /// A cap with `n` forced extensions.
+    pub fn extended(cap: u32, n: u32) -> Self {
+        let label = if n == 0 { format!("cap{cap}") } else { format!("cap{cap}+wait{n}") };
+        Self { label, max_thinking_tokens: cap, extensions: n }
+    }
+
+    /// The sweep: one config per cap, and one per extension count at
+    /// `ext_cap`; duplicates removed, order kept.
+    pub fn sweep(caps: &[u32], extensions: &[u32], ext_cap: u32) -> Vec<Self> {
+        let mut out: Vec<Self> = caps.iter().map(|&c| Self::cap(c)).collect();
+        for &n in extensions {
+            let c = Self::extended(ext_cap, n);
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// One solved problem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Problem id (index in the dataset).
+    pub id: usize,
+    /// The question.
+    pub question: String,
+    /// The gold answer.
+    pub gold: String,
+    /// The extracted answer.
+    pub extracted: Option<String>,
+    /// Whether it matches the gold answer.
+    pub correct: bool,
+    /// Thinking tokens generated.
+    pub thinking_tokens: u32,
+    /// Thinking tokens injected ("Wait").
+    pub injected_tokens: u32,
+    /// Answer tokens generated.
+    pub answer_tokens: u32,
+    /// Extensions used.
+    pub extensions: u32,
+    /// Whether the end of thinking was forced.
+    pub forced: bool,
+    /// How thinking ended.
+    pub think_end: Option<ThinkEnd>,
+    /// How the solve ended.
+    pub finish: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Wall time of the solve.
+    pub wall_ms: f64,
+    /// Decode tokens per second.
+    pub decode_tok_s: f64,
+    /// The thinking text.
+    pub thinking: String,
+    /// The answer text.
+    pub answer: String,
+}
+
+impl Record {
+    /// Thinking tokens, injected included (what the cap bounds).
+    pub fn total_thinking(&self) -> u32 {
+        self.thinking_tokens + self.injected_tokens
+    }
+
+    /// Tokens the model generated.
+    pub fn generated(&self) -> u32 {
+        self.thinking_tokens + self.answer_tokens
+    }
+}
+
+/// A whole evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalPlan {
+    /// Models to evaluate.
+    pub models: Vec<PathBuf>,
+    /// Problems.
+    pub problems: Vec<Problem>,
+    /// Budget sweep.
+    pub configs: Vec<EvalConfig>,
+    /// Options shared by every solve; the budget's cap and extensions are
+    /// set per config.
+    pub base: SolveOptions,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What must match for records in `out` to be reused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunKey {
+    sampling: crate::engine::SamplingConfig,
+    system_prompt: Option<String>,
+    max_answer_tokens: u32,
+    min_thinking_tokens: u32,
+}
+
+/// A label per model: the file stem, made unique.
+pub fn model_labels(models: &[PathBuf]) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::new();
+    for m in models {
+        let stem = m.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        let mut label = stem.clone();
+        let mut i = 2;
+        while labels.contains(&label) {
+            label = format!("{stem}-{i}");
+            i += 1;
+        }
+        labels.push(label);
+    }
+    labels
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ReckonError {
+    let what = what.into();
+    move |e| ReckonError::io(what, e)
+}
+
+/// Read the records of a file, cutting off a half-written last line.
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let Ok(file) = File::open(path) else { return Ok(Vec::new()) };
+    let mut records = Vec::new();
+    let mut good_len = 0u64;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(io(format!("reading {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        match (line.ends_with('\n'), serde_json::from_str::<Record>(line.trim_end())) {
+            (true, Ok(r)) => {
+                records.push(r);
+                good_len += n as u64;
+            }
+            (false, _) => {
+                log::warn!("{}: cutting off a half-written last record; it will be redone", path.display());
+                break;
+            }
+            (true, Err(e)) => {
+                return Err(ReckonError::InvalidOption(format!(
+                    "{}: record {} is corrupt ({e}); delete the file to redo it",
+                    path.display(),
+                    records.len() + 1
+                )))
+            }
+        }
+    }
+    let len = std::fs::metadata(path).map_err(io("reading records"))?.len();
+    if len != good_len {
+        OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(good_len)).map_err(io("truncating records"))?;
+    }
+    Ok(records)
+}
+
+/// Run (or resume) an evaluation and write its reports.
+pub fn run(plan: &EvalPlan) -> Result<Summary> {
+    std::fs::create_dir_all(&plan.out).map_err(io(format!("creating {}", plan.out.display())))?;
+    check_run_key(plan)?;
+    let labels = model_labels(&plan.models);
+
+    // What is left, for the progress bar.
+    let mut remaining = 0u64;
+    for label in &labels {
+        for c in &plan.configs {
+            let done = read_records(&records_path(&plan.out, label, &c.label))?;
+            let done: std::collections::HashSet<usize> = done.iter().map(|r| r.id).collect();
+            remaining += plan.problems.iter().filter(|p| !done.contains(&p.id)).count() as u64;
+        }
+    }
+    let bar = if plan.progress { indicatif::ProgressBar::new(remaining) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta_precise}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+
+    for (model, label) in plan.models.iter().zip(&labels) {
+        let mut engine: Option<Engine> = None;
+        for c in &plan.configs {
+            let path = records_path(&plan.out, label, &c.label);
+            let existing = read_records(&path)?;
+            let done: std::collections::HashSet<usize> = existing.iter().map(|r| r.id).collect();
+            let (mut n, mut correct) = (existing.len(), existing.iter().filter(|r| r.correct).count());
+            let todo: Vec<&Problem> = plan.problems.iter().filter(|p| !done.contains(&p.id)).collect();
+            if todo.is_empty() {
+                continue;
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+            }
+            let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
+            let engine = match &mut engine {
+                Some(e) => e,
+                None => engine.insert(Engine::load(model, EngineOptions::default())?),
+            };
+            let options = SolveOptions {
+                budget: BudgetConfig {
+                    max_thinking_tokens: c.max_thinking_tokens,
+                    max_extensions: (c.extensions > 0).then_some(c.extensions),
+                    min_thinking_tokens: plan.base.budget.min_thinking_tokens.min(c.max_thinking_tokens),
+                    ..plan.base.budget.clone()
+                },
+                ..plan.base.clone()
+            };
+            for p in todo {
+                let r = engine.solve(&p.question, &options, &mut Silent, None)?;
+                let record = Record {
+                    id: p.id,
+                    question: p.question.clone(),
+                    gold: p.gold.clone(),
+                    correct: r.extracted_answer.as_deref().is_some_and(|a| answers_match(a, &p.gold)),
+                    extracted: r.extracted_answer.clone(),
+                    thinking_tokens: r.thinking_tokens,
+                    injected_tokens: r.injected_tokens,
+                    answer_tokens: r.answer_tokens,
+                    extensions: r.extensions,
+                    forced: r.forced_end,
+                    think_end: r.think_end,
+                    finish: r.finish,
+                    prompt_tokens: r.prompt_tokens,
+                    wall_ms: r.timings.total_ms,
+                    decode_tok_s: r.timings.decode_tok_s,
+                    thinking: r.thinking,
+                    answer: r.answer,
+                };
+                let mut line = serde_json::to_string(&record).map_err(|e| ReckonError::Internal(e.to_string()))?;
+                line.push('\n');
+                // One write per record: a kill leaves at most a partial last line.
+                file.write_all(line.as_bytes()).map_err(io(format!("writing {}", path.display())))?;
+                n += 1;
+                correct += usize::from(record.correct);
+                bar.set_message(format!("{label} {} acc {:.1}%", c.label, 100.0 * correct as f64 / n as f64));
+                bar.inc(1);
+            }
+            file.flush().map_err(io("flushing records"))?;
+        }
+    }
+    bar.finish_and_clear();
+    let summary = report::summarize(plan, &labels)?;
+    report::write_all(&summary, &plan.out)?;
+    Ok(summary)
+}
+
+/// Where a (model, config)'s records go.
+pub fn records_path(out: &Path, model_label: &str, config_label: &str) -> PathBuf {
+    out.join("records").join(model_label).join(format!("{config_label}.jsonl"))
+}
+
+fn check_run_key(plan: &EvalPlan) -> Result<()> {
+    let key = RunKey {
+        sampling: plan.base.sampling.clone(),
+        system_prompt: plan.base.system_prompt.clone(),
+        max_answer_tokens: plan.base.budget.max_answer_tokens,
+        min_thinking_tokens: plan.base.budget.min_thinking_tokens,
+    };
+    let path = plan.out.join("run.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let old: RunKey = serde_json::from_str(&text)
+            .map_err(|e| ReckonError::InvalidOption(format!("{} is corrupt ({e}); use a new --out", path.display())))?;
+        if old != key {
+            return Err(ReckonError::InvalidOption(format!(
+                "{} holds records made with other sampling or answer settings; use a new --out (or delete it)",
+                plan.out.display()
+            )));
+        }
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(&key).map_err(|e| ReckonError::Internal(e.to_string()))?;
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+}

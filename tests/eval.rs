@@ -1,0 +1,164 @@
+//! `reckon eval` end to end with the real default model: outputs, resume
+//! after a kill, bad data.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::model_path;
+
+fn shared_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/test-1000.jsonl");
+    assert!(p.is_file(), "{} is missing: CI lays shared/ beside the checkout", p.display());
+    p
+}
+
+fn eval_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reckon"));
+    c.args(["eval", "--threads", "2", "--max-answer", "8", "--model"])
+        .arg(model_path())
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdin(Stdio::null());
+    c
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Figures that do not depend on timing.
+fn stable(summary: &serde_json::Value) -> Vec<(String, String, u64, u64, String, String)> {
+    summary["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["model"].as_str().unwrap().to_string(),
+                r["config"].as_str().unwrap().to_string(),
+                r["n"].as_u64().unwrap(),
+                r["correct"].as_u64().unwrap(),
+                format!("{:.4}", r["mean_thinking_tokens"].as_f64().unwrap()),
+                format!("{:.4}", r["mean_generated_tokens"].as_f64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_eval_writes_every_output() {
+    let out = tempfile::tempdir().unwrap();
+    let o = eval_cmd(&shared_data(), out.path(), &["--limit", "5", "--budgets", "8,16", "--extensions", "1", "--extensions-cap", "24"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| cap8 |") && table.contains("| cap24+wait1 |"), "{table}");
+    let label = "qwen2.5-coder-0.5b-instruct-q4_k_m";
+    for cfg in ["cap8", "cap16", "cap24+wait1"] {
+        let recs = lines(&out.path().join("records").join(label).join(format!("{cfg}.jsonl")));
+        assert_eq!(recs.len(), 5, "{cfg}");
+        for r in &recs {
+            for key in ["id", "gold", "extracted", "correct", "thinking_tokens", "forced", "wall_ms", "thinking", "answer"] {
+                assert!(r.get(key).is_some(), "{cfg}: record lacks {key}");
+            }
+            assert!(r["thinking_tokens"].as_u64().unwrap() + r["injected_tokens"].as_u64().unwrap() <= 24);
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rows"].as_array().unwrap().len(), 3);
+    assert!(std::fs::read_to_string(out.path().join("summary.md")).unwrap().starts_with("| model |"));
+    // A real PNG of the expected size: signature, then IHDR width and height.
+    let png = std::fs::read(out.path().join("accuracy_vs_tokens.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 900);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 600);
+    assert!(png.len() > 10_000, "an empty-looking plot");
+    let svg = std::fs::read_to_string(out.path().join("accuracy_vs_tokens.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("cap16"));
+}
+
+#[test]
+fn resume_after_a_kill_keeps_records_and_gives_the_same_summary() {
+    let data = shared_data();
+    let args = ["--limit", "6", "--budgets", "8"];
+    let whole = tempfile::tempdir().unwrap();
+    let o = eval_cmd(&data, whole.path(), &args).output().unwrap();
+    assert!(o.status.success());
+
+    let out = tempfile::tempdir().unwrap();
+    let records = out.path().join("records/qwen2.5-coder-0.5b-instruct-q4_k_m/cap8.jsonl");
+    let mut child = eval_cmd(&data, out.path(), &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while lines(&records).len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no records appeared");
+        assert!(child.try_wait().unwrap().is_none(), "finished before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = lines(&records);
+    assert!(kept.len() >= 2 && kept.len() < 6, "{} records at the kill", kept.len());
+    // And a half-written line, as a kill in the middle of a write leaves.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&records).unwrap();
+        f.write_all(b"{\"id\": 99, \"question\": \"half").unwrap();
+    }
+
+    let o = eval_cmd(&data, out.path(), &args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all = lines(&records);
+    let mut ids: Vec<u64> = all.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec![0, 1, 2, 3, 4, 5], "no duplicates, none lost");
+    for (before, after) in kept.iter().zip(&all) {
+        assert_eq!(before, after, "records on disk are kept as they were");
+    }
+    let read = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap()
+    };
+    assert_eq!(stable(&read(out.path())), stable(&read(whole.path())));
+}
+
+#[test]
+fn bad_data_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"question\": \"What is 2+2?\", \"answer\": \"#### 4\"}\nnot json\n{\"question\": \"q\", \"answer\": \"no marker\"}\n",
+    )
+    .unwrap();
+    let o = eval_cmd(&bad, &out, &["--budgets", "4"]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.jsonl:2:"), "{err}");
+
+    let o = eval_cmd(&bad, &out, &["--budgets", "4", "--skip-bad-lines"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("skipped 2 malformed line(s)"));
+
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let o = eval_cmd(&empty, &dir.path().join("o2"), &["--budgets", "4"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no problems"));
+
+    let o = eval_cmd(&dir.path().join("missing.jsonl"), &dir.path().join("o3"), &["--budgets", "4"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
+}
