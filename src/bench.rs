@@ -1,32 +1,37 @@
-//! `reckon bench`: side-by-side figures on one model, threads and prompt.
+//! `reckon bench`: side-by-side figures on the same threads and prompt.
 //!
-//! * a budget-forced solve against a bare llama-cpp-2 greedy loop decoding
-//!   the same number of tokens from the same prompt (the ratio is the
-//!   controller's overhead);
-//! * the cost of a "Wait" extension decoded on the kept KV cache, per token,
-//!   against ordinary decoding, and against re-submitting prompt + thinking
-//!   (what a stateless server does);
-//! * prefill tok/s, decode tok/s, time to first token, peak RSS.
+//! * Per model (e.g. one model in several quantizations): file size, prefill
+//!   tok/s, time to first token, and decode tok/s of a budget-forced solve
+//!   against a bare llama-cpp-2 greedy loop decoding as many tokens from the
+//!   same prompt (the ratio is the runtime's overhead; the floor is 0.97).
+//! * On the first model, a run with forced "Wait" extensions: continuing the
+//!   kept KV cache (reckon) against the s1-style stateless approach of
+//!   re-submitting prompt plus partial thinking at each extension, as a
+//!   wall-time ratio; and the cost of an injected token against a generated one.
+//! * Peak RSS of the process.
 //!
 //! Runs alternate (solve, bare, solve, bare, ...) and medians are reported.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use reckon::budget::BudgetConfig;
+use reckon::budget::{BudgetConfig, InjectReason, Segment};
 use reckon::engine::{Engine, EngineOptions, SolveOptions};
-use reckon::events::Silent;
+use reckon::events::{Event, Silent};
 use reckon::models;
 use serde::Serialize;
 
 /// A GSM8K test question (the first of the test split).
 pub const SAMPLE_QUESTION: &str = "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for $2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?";
 
+/// A question the model ends quickly, so that extensions come often.
+const SHORT_QUESTION: &str = "What is 12 + 30? Reply with only the number.";
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// GGUF model file (default: the fetched default model).
+    /// GGUF model file(s); repeat to compare quantizations (default: the default model).
     #[arg(long, short)]
-    model: Option<PathBuf>,
+    model: Vec<PathBuf>,
     /// CPU threads.
     #[arg(long, default_value_t = 2)]
     threads: u32,
@@ -36,7 +41,7 @@ pub struct BenchArgs {
     /// Thinking cap for the solve.
     #[arg(long, default_value_t = 256)]
     max_think: u32,
-    /// Extensions forced in the injection measurement.
+    /// Extensions forced in the extension run.
     #[arg(long, default_value_t = 4)]
     extensions: u32,
     /// The question.
@@ -48,11 +53,10 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+struct ModelRow {
     model: String,
     quantization: String,
-    threads: u32,
-    repeat: u32,
+    file_mib: f64,
     load_ms: f64,
     prompt_tokens: u32,
     prefill_tok_s: f64,
@@ -60,31 +64,43 @@ struct Report {
     solve_tokens: u32,
     solve_decode_tok_s: f64,
     bare_decode_tok_s: f64,
-    /// Solve decode tok/s over bare loop decode tok/s (floor: 0.97).
+    /// Solve decode tok/s over bare loop decode tok/s (floor 0.97).
     decode_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ExtensionRow {
     extensions: u32,
+    thinking_tokens: u32,
     injected_tokens: u32,
-    /// Milliseconds per injected token, decoded on the kept KV cache.
+    /// Generation wall time continuing the kept KV cache (reckon).
+    kept_cache_ms: f64,
+    /// The same generation if prompt + thinking were re-submitted at each
+    /// extension (a stateless server, s1's reference code).
+    resubmit_ms: f64,
+    /// resubmit_ms / kept_cache_ms.
+    resubmit_over_kept: f64,
+    /// Milliseconds per injected token, decoded on the kept cache.
     injected_ms_per_token: f64,
     /// Milliseconds per generated token in the same run.
-    decode_ms_per_token: f64,
-    /// Milliseconds per extension if prompt + thinking were re-submitted.
-    resubmit_ms_per_extension: f64,
-    /// Milliseconds per extension on the kept cache.
-    kept_cache_ms_per_extension: f64,
+    generated_ms_per_token: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    threads: u32,
+    repeat: u32,
+    models: Vec<ModelRow>,
+    extension: Option<ExtensionRow>,
     peak_rss_mib: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -100,111 +116,155 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let path = args.model.clone().unwrap_or_else(models::default_model_path);
-    let engine = Engine::load(&path, EngineOptions::default())?;
-    let threads = Some(args.threads);
-    let repeat = args.repeat.max(1);
-    let solve_opts = SolveOptions {
-        budget: BudgetConfig { max_thinking_tokens: args.max_think, max_answer_tokens: 64, ..BudgetConfig::default() },
-        threads,
-        ..SolveOptions::default()
-    };
-    let prompt = engine.prompt_tokens(&args.question, &solve_opts)?;
+fn bar(hidden: bool, len: u64) -> anyhow::Result<indicatif::ProgressBar> {
+    let b = if hidden { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(len) };
+    b.set_style(indicatif::ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} eta {eta}")?);
+    Ok(b)
+}
 
-    let bar = if args.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(u64::from(repeat) * 3) };
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} eta {eta}")?);
-    let (mut prefill, mut ttft, mut solve_tps, mut bare_tps) = (vec![], vec![], vec![], vec![]);
-    let (mut inj_ms, mut dec_ms, mut resubmit, mut kept) = (vec![], vec![], vec![], vec![]);
-    let mut solve_tokens = 0;
-    let mut injected_tokens = 0;
-    let mut extensions = 0;
-    for _ in 0..repeat {
+fn model_row(engine: &Engine, args: &BenchArgs, opts: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<ModelRow> {
+    let prompt = engine.prompt_tokens(&args.question, opts)?;
+    let (mut prefill, mut ttft, mut solve, mut bare, mut ratio) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut tokens = 0;
+    for _ in 0..args.repeat.max(1) {
         bar.set_message("solve");
-        let r = engine.solve(&args.question, &solve_opts, &mut Silent, None)?;
-        let sampled = r.sampled_tokens;
-        solve_tokens = sampled;
+        let r = engine.solve(&args.question, opts, &mut Silent, None)?;
+        tokens = r.sampled_tokens;
         prefill.push(r.timings.prefill_tok_s);
         ttft.push(r.timings.ttft_ms);
-        solve_tps.push(r.timings.decode_tok_s);
+        solve.push(r.timings.decode_tok_s);
         bar.inc(1);
-
         bar.set_message("bare loop");
-        let b = engine.bare_decode(&prompt, sampled.max(1), threads)?;
-        bare_tps.push(b.decode_tok_s);
-        bar.inc(1);
-
-        // Extensions: a floor far above the natural length, so every end is
-        // suppressed, up to `extensions` times.
-        bar.set_message("extensions");
-        let natural = r.total_thinking_tokens();
-        let ext_opts = SolveOptions {
-            budget: BudgetConfig {
-                min_thinking_tokens: natural + 400,
-                max_thinking_tokens: natural + 400,
-                max_extensions: Some(args.extensions),
-                max_answer_tokens: 16,
-                max_thinking_ms: None,
-            },
-            ..solve_opts.clone()
-        };
-        let e = engine.solve(&args.question, &ext_opts, &mut Silent, None)?;
-        let injected = e.injected_tokens + e.delimiter_tokens;
-        injected_tokens = injected;
-        extensions = e.extensions;
-        let sampled_e = f64::from(e.sampled_tokens);
-        if injected > 0 && sampled_e > 0.0 {
-            inj_ms.push(e.timings.injected_decode_ms / f64::from(injected));
-            dec_ms.push((e.timings.decode_ms - e.timings.injected_decode_ms) / sampled_e);
-        }
-        if e.extensions > 0 {
-            // A stateless server re-processes prompt + thinking at each
-            // extension; approximate each with the prefill of the whole
-            // final sequence's midpoint length.
-            let mid = prompt.len() + (e.total_thinking_tokens() as usize) / 2;
-            let seq: Vec<i32> = prompt.iter().copied().cycle().take(mid).collect();
-            let ms = engine.prefill_ms(&seq, threads)?;
-            resubmit.push(ms);
-            kept.push(e.timings.injected_decode_ms / f64::from(e.extensions.max(1)));
-        }
+        let b = engine.bare_decode(&prompt, r.sampled_tokens.max(1), opts.threads)?;
+        bare.push(b.decode_tok_s);
+        ratio.push(r.timings.decode_tok_s / b.decode_tok_s);
         bar.inc(1);
     }
-    bar.finish_and_clear();
-
     let info = engine.info();
-    let report = Report {
-        model: path.display().to_string(),
+    Ok(ModelRow {
+        model: info.path.display().to_string(),
         quantization: info.quantization.clone(),
-        threads: args.threads,
-        repeat,
+        file_mib: info.file_size as f64 / f64::from(1 << 20),
         load_ms: engine.load_ms(),
         prompt_tokens: prompt.len() as u32,
         prefill_tok_s: median(prefill),
         ttft_ms: median(ttft),
-        solve_tokens,
-        solve_decode_tok_s: median(solve_tps.clone()),
-        bare_decode_tok_s: median(bare_tps.clone()),
-        decode_ratio: median(solve_tps.iter().zip(&bare_tps).map(|(s, b)| s / b).collect()),
-        extensions,
-        injected_tokens,
-        injected_ms_per_token: median(inj_ms),
-        decode_ms_per_token: median(dec_ms),
-        resubmit_ms_per_extension: median(resubmit),
-        kept_cache_ms_per_extension: median(kept),
-        peak_rss_mib: peak_rss_mib(),
+        solve_tokens: tokens,
+        solve_decode_tok_s: median(solve),
+        bare_decode_tok_s: median(bare),
+        decode_ratio: median(ratio),
+    })
+}
+
+fn extension_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<ExtensionRow> {
+    let opts = SolveOptions {
+        budget: BudgetConfig {
+            max_extensions: Some(args.extensions),
+            max_thinking_tokens: 1024,
+            max_answer_tokens: 16,
+            ..BudgetConfig::default()
+        },
+        ..base.clone()
     };
+    let prompt = engine.prompt_tokens(SHORT_QUESTION, &opts)?;
+    let (mut kept, mut resubmit, mut inj, mut gen) = (vec![], vec![], vec![], vec![]);
+    let mut last = None;
+    for _ in 0..args.repeat.max(1) {
+        bar.set_message("extensions");
+        // The thinking text at each extension: what a stateless server
+        // would have to re-submit.
+        let mut thinking = String::new();
+        let mut at_extension: Vec<String> = Vec::new();
+        let r = engine.solve(SHORT_QUESTION, &opts, &mut |e: &Event| {
+            match e {
+                Event::Thinking { text } => thinking.push_str(text),
+                Event::Injected { segment: Segment::Thinking, text, reason } => {
+                    thinking.push_str(text);
+                    if *reason == InjectReason::Extension {
+                        at_extension.push(thinking.clone());
+                    }
+                }
+                _ => {}
+            }
+            true
+        }, None)?;
+        let mut resubmit_prefill = 0.0;
+        for t in &at_extension {
+            let mut seq = prompt.clone();
+            seq.extend(engine.tokenize(t, false));
+            resubmit_prefill += engine.prefill_ms(&seq, opts.threads)?;
+        }
+        let t = &r.timings;
+        let injected = r.injected_tokens + r.delimiter_tokens;
+        kept.push(t.decode_ms);
+        resubmit.push(t.decode_ms - t.injected_decode_ms + resubmit_prefill);
+        if injected > 0 {
+            inj.push(t.injected_decode_ms / f64::from(injected));
+        }
+        gen.push((t.decode_ms - t.injected_decode_ms) / f64::from(r.sampled_tokens.max(1)));
+        bar.inc(1);
+        last = Some(r);
+    }
+    let r = last.expect("at least one run");
+    let (kept, resubmit) = (median(kept), median(resubmit));
+    Ok(ExtensionRow {
+        extensions: r.extensions,
+        thinking_tokens: r.total_thinking_tokens(),
+        injected_tokens: r.injected_tokens,
+        kept_cache_ms: kept,
+        resubmit_ms: resubmit,
+        resubmit_over_kept: resubmit / kept,
+        injected_ms_per_token: median(inj),
+        generated_ms_per_token: median(gen),
+    })
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let paths = if args.model.is_empty() { vec![models::default_model_path()] } else { args.model.clone() };
+    let opts = SolveOptions {
+        budget: BudgetConfig { max_thinking_tokens: args.max_think, max_answer_tokens: 64, ..BudgetConfig::default() },
+        threads: Some(args.threads),
+        ..SolveOptions::default()
+    };
+    let repeat = u64::from(args.repeat.max(1));
+    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1))?;
+    let mut rows = Vec::new();
+    let mut extension = None;
+    for (i, path) in paths.iter().enumerate() {
+        let engine = Engine::load(path, EngineOptions::default())?;
+        rows.push(model_row(&engine, &args, &opts, &bar)?);
+        if i == 0 {
+            extension = Some(extension_row(&engine, &args, &opts, &bar)?);
+        }
+    }
+    bar.finish_and_clear();
+    let report = Report { threads: args.threads, repeat: args.repeat.max(1), models: rows, extension, peak_rss_mib: peak_rss_mib() };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let r = &report;
-    println!("model            {} ({})", r.model, r.quantization);
-    println!("threads          {}   repeats {} (medians)", r.threads, r.repeat);
-    println!("load             {:.0} ms", r.load_ms);
-    println!("prompt           {} tokens, prefill {:.1} tok/s, time to first token {:.0} ms", r.prompt_tokens, r.prefill_tok_s, r.ttft_ms);
-    println!("decode           solve {:.2} tok/s vs bare loop {:.2} tok/s over {} tokens: ratio {:.3} (floor 0.97)", r.solve_decode_tok_s, r.bare_decode_tok_s, r.solve_tokens, r.decode_ratio);
-    println!("extensions       {} ({} injected tokens): {:.1} ms/injected token vs {:.1} ms/generated token", r.extensions, r.injected_tokens, r.injected_ms_per_token, r.decode_ms_per_token);
-    println!("per extension    kept KV cache {:.0} ms vs re-submitting prompt+thinking {:.0} ms", r.kept_cache_ms_per_extension, r.resubmit_ms_per_extension);
-    println!("peak RSS         {:.0} MiB", r.peak_rss_mib);
+    println!("threads {}, {} repeats (medians), question of {} prompt tokens", report.threads, report.repeat, report.models[0].prompt_tokens);
+    println!();
+    println!("| model | quant | MiB | load ms | prefill tok/s | TTFT ms | solve decode tok/s | bare loop tok/s | ratio (floor 0.97) |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &report.models {
+        let name = std::path::Path::new(&r.model).file_name().map_or(r.model.clone(), |n| n.to_string_lossy().into_owned());
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2} | {:.3} |",
+            r.quantization, r.file_mib, r.load_ms, r.prefill_tok_s, r.ttft_ms, r.solve_decode_tok_s, r.bare_decode_tok_s, r.decode_ratio
+        );
+    }
+    if let Some(e) = &report.extension {
+        println!();
+        println!(
+            "extensions: {} \"Wait\"s over {} thinking tokens: kept KV cache {:.0} ms vs re-submitting prompt+thinking {:.0} ms ({:.2}x)",
+            e.extensions, e.thinking_tokens, e.kept_cache_ms, e.resubmit_ms, e.resubmit_over_kept
+        );
+        println!(
+            "injected token {:.1} ms vs generated token {:.1} ms (injections are batched on the kept cache)",
+            e.injected_ms_per_token, e.generated_ms_per_token
+        );
+    }
+    println!("peak RSS {:.0} MiB", report.peak_rss_mib);
     Ok(())
 }

@@ -249,6 +249,16 @@ impl Engine {
         &self.delims
     }
 
+    /// Tokenize text: as a person's text (`special = false`: special-token
+    /// text stays plain) or as template scaffolding (`special = true`).
+    pub fn tokenize(&self, text: &str, special: bool) -> Vec<crate::budget::TokenId> {
+        if special {
+            self.vocab.tokenize_special(&self.model, text)
+        } else {
+            self.vocab.tokenize_plain(&self.model, text)
+        }
+    }
+
     /// The largest context a solve may use.
     pub fn context_limit(&self) -> u32 {
         let train = self.model.n_ctx_train();

@@ -1,0 +1,549 @@
+//! uniffi bindings of the Reckon runtime (Kotlin/Android, Swift/iOS, Python).
+//!
+//! The runtime crate knows nothing of uniffi: this crate mirrors its types
+//! as uniffi records and enums, wraps the engine as an object, and converts
+//! its errors into one public error enum. Nothing panics across the FFI
+//! boundary: every call is wrapped in `catch_unwind`, and an exception thrown
+//! inside the app's listener stops the solve and comes back as
+//! [`ReckonError::Listener`].
+
+#![deny(missing_docs)]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+use reckon::budget::{BudgetConfig, InjectReason as CoreInject, Segment as CoreSegment, ThinkEnd as CoreThinkEnd};
+use reckon::engine::{EngineOptions as CoreEngineOptions, SamplingConfig, SolveOptions as CoreSolveOptions};
+use reckon::events::{CancelHandle, Event as CoreEvent, FinishReason as CoreFinish};
+use reckon::format::ThinkFormat as CoreFormat;
+
+uniffi::setup_scaffolding!();
+
+/// The one error type apps see.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum ReckonError {
+    /// No model file at the path.
+    #[error("{reason}")]
+    ModelNotFound {
+        /// What happened.
+        reason: String,
+    },
+    /// The file is not a usable model (corrupt, truncated, unsupported).
+    #[error("{reason}")]
+    InvalidModel {
+        /// What happened.
+        reason: String,
+    },
+    /// The question, budget or options are not acceptable.
+    #[error("{reason}")]
+    InvalidInput {
+        /// What happened.
+        reason: String,
+    },
+    /// The question and budgets do not fit the context.
+    #[error("{reason}")]
+    PromptTooLong {
+        /// What happened.
+        reason: String,
+    },
+    /// Inference failed (out of memory, decode error).
+    #[error("{reason}")]
+    Inference {
+        /// What happened.
+        reason: String,
+    },
+    /// The app's listener threw; the solve was stopped.
+    #[error("listener failed: {reason}")]
+    Listener {
+        /// What it threw.
+        reason: String,
+    },
+    /// A bug in reckon (a panic caught at the boundary).
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl From<reckon::ReckonError> for ReckonError {
+    fn from(e: reckon::ReckonError) -> Self {
+        use reckon::ReckonError as E;
+        let reason = e.to_string();
+        match e {
+            E::ModelNotFound(_) => ReckonError::ModelNotFound { reason },
+            E::ModelIsDirectory(_) | E::InvalidModel { .. } | E::UnsupportedArchitecture { .. } | E::ModelLoad { .. } => {
+                ReckonError::InvalidModel { reason }
+            }
+            E::EmptyQuestion | E::InvalidBudget(_) | E::InvalidOption(_) => ReckonError::InvalidInput { reason },
+            E::PromptTooLong { .. } => ReckonError::PromptTooLong { reason },
+            E::Context(_) | E::Decode(_) | E::Backend(_) | E::Io { .. } | E::Fetch(_) | E::HashMismatch { .. } => {
+                ReckonError::Inference { reason }
+            }
+            E::Internal(_) => ReckonError::Internal { reason },
+        }
+    }
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ReckonError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        ReckonError::Listener { reason: e.reason }
+    }
+}
+
+/// Run `f`, turning a panic into [`ReckonError::Internal`].
+fn guarded<T>(f: impl FnOnce() -> Result<T, ReckonError>) -> Result<T, ReckonError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let reason = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(ReckonError::Internal { reason })
+    })
+}
+
+/// How a model delimits thinking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ThinkFormat {
+    /// `<|im_start|>think` … `<|im_start|>answer`.
+    S1,
+    /// `<think>` … `</think>`.
+    R1,
+    /// No delimiter: the whole reply is thinking.
+    Plain,
+}
+
+impl From<CoreFormat> for ThinkFormat {
+    fn from(f: CoreFormat) -> Self {
+        match f {
+            CoreFormat::S1 => ThinkFormat::S1,
+            CoreFormat::R1 => ThinkFormat::R1,
+            CoreFormat::Plain => ThinkFormat::Plain,
+        }
+    }
+}
+
+impl From<ThinkFormat> for CoreFormat {
+    fn from(f: ThinkFormat) -> Self {
+        match f {
+            ThinkFormat::S1 => CoreFormat::S1,
+            ThinkFormat::R1 => CoreFormat::R1,
+            ThinkFormat::Plain => CoreFormat::Plain,
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct EngineOptions {
+    /// Force a think format (default: detected).
+    #[uniffi(default = None)]
+    pub format: Option<ThinkFormat>,
+    /// Upper bound on a solve's context in tokens, to save memory on phones.
+    #[uniffi(default = None)]
+    pub max_context: Option<u32>,
+    /// Layers offloaded to a GPU (Metal on iOS, CUDA builds); 0 = CPU.
+    #[uniffi(default = 0)]
+    pub gpu_layers: u32,
+}
+
+/// Budget and sampling for one solve.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SolveOptions {
+    /// Thinking floor: an earlier end of thinking is replaced by "Wait".
+    #[uniffi(default = 0)]
+    pub min_thinking_tokens: u32,
+    /// Thinking cap; then the answer is forced.
+    #[uniffi(default = 1024)]
+    pub max_thinking_tokens: u32,
+    /// The most "Wait" extensions (default: as many as the floor needs).
+    #[uniffi(default = None)]
+    pub max_extensions: Option<u32>,
+    /// Bound on the answer.
+    #[uniffi(default = 256)]
+    pub max_answer_tokens: u32,
+    /// Wall-clock thinking budget in milliseconds ("think for at most 8 s").
+    #[uniffi(default = None)]
+    pub max_thinking_ms: Option<u64>,
+    /// 0 = greedy.
+    #[uniffi(default = 0.0)]
+    pub temperature: f32,
+    /// Top-k for non-greedy sampling.
+    #[uniffi(default = 40)]
+    pub top_k: i32,
+    /// Top-p for non-greedy sampling.
+    #[uniffi(default = 0.95)]
+    pub top_p: f32,
+    /// Min-p for non-greedy sampling.
+    #[uniffi(default = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1.0 = off).
+    #[uniffi(default = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed.
+    #[uniffi(default = 0)]
+    pub seed: u32,
+    /// CPU threads (default: all cores).
+    #[uniffi(default = None)]
+    pub threads: Option<u32>,
+    /// System prompt (default: step-by-step with a boxed answer; "" = none).
+    #[uniffi(default = None)]
+    pub system_prompt: Option<String>,
+}
+
+impl From<&SolveOptions> for CoreSolveOptions {
+    fn from(o: &SolveOptions) -> Self {
+        let default = CoreSolveOptions::default();
+        CoreSolveOptions {
+            budget: BudgetConfig {
+                min_thinking_tokens: o.min_thinking_tokens,
+                max_thinking_tokens: o.max_thinking_tokens,
+                max_extensions: o.max_extensions,
+                max_answer_tokens: o.max_answer_tokens,
+                max_thinking_ms: o.max_thinking_ms,
+            },
+            sampling: SamplingConfig {
+                temperature: o.temperature,
+                top_k: o.top_k,
+                top_p: o.top_p,
+                min_p: o.min_p,
+                seed: o.seed,
+                repeat_penalty: o.repeat_penalty,
+                ..SamplingConfig::default()
+            },
+            threads: o.threads,
+            system_prompt: o.system_prompt.clone().or(default.system_prompt),
+        }
+    }
+}
+
+/// Where text belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Segment {
+    /// Reasoning.
+    Thinking,
+    /// The answer.
+    Answer,
+}
+
+/// Why the runtime injected text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum InjectReason {
+    /// "Wait": thinking ended before the floor.
+    Extension,
+    /// The token cap was reached.
+    TokenCap,
+    /// The time budget elapsed.
+    TimeBudget,
+    /// The end-of-thinking delimiter was completed.
+    DelimiterCompletion,
+}
+
+/// How a solve ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FinishReason {
+    /// The model ended its turn.
+    EndOfTurn,
+    /// The answer reached its bound.
+    AnswerCap,
+    /// Cancelled through a [`CancelToken`].
+    Cancelled,
+    /// The listener returned false.
+    Stopped,
+}
+
+/// How thinking ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ThinkEnd {
+    /// The model closed its thinking.
+    Natural,
+    /// Forced by the token cap.
+    TokenCap,
+    /// Forced by the time budget.
+    TimeBudget,
+}
+
+/// A streamed event, in order. Thinking and answer texts concatenate to the
+/// result's `thinking` and `answer`.
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum SolveEvent {
+    /// Thinking text.
+    Thinking {
+        /// The text.
+        text: String,
+    },
+    /// Answer text.
+    Answer {
+        /// The text.
+        text: String,
+    },
+    /// Text the runtime fed.
+    Injected {
+        /// Where.
+        segment: Segment,
+        /// The text.
+        text: String,
+        /// Why.
+        reason: InjectReason,
+    },
+    /// The end.
+    Done {
+        /// How it ended.
+        finish: FinishReason,
+    },
+}
+
+impl From<&CoreEvent> for SolveEvent {
+    fn from(e: &CoreEvent) -> Self {
+        let seg = |s: &CoreSegment| match s {
+            CoreSegment::Thinking => Segment::Thinking,
+            CoreSegment::Answer => Segment::Answer,
+        };
+        match e {
+            CoreEvent::Thinking { text } => SolveEvent::Thinking { text: text.clone() },
+            CoreEvent::Answer { text } => SolveEvent::Answer { text: text.clone() },
+            CoreEvent::Injected { segment, text, reason } => SolveEvent::Injected {
+                segment: seg(segment),
+                text: text.clone(),
+                reason: match reason {
+                    CoreInject::Extension => InjectReason::Extension,
+                    CoreInject::TokenCap => InjectReason::TokenCap,
+                    CoreInject::TimeBudget => InjectReason::TimeBudget,
+                    CoreInject::DelimiterCompletion => InjectReason::DelimiterCompletion,
+                },
+            },
+            CoreEvent::Done { finish } => SolveEvent::Done { finish: (*finish).into() },
+        }
+    }
+}
+
+impl From<CoreFinish> for FinishReason {
+    fn from(f: CoreFinish) -> Self {
+        match f {
+            CoreFinish::EndOfTurn => FinishReason::EndOfTurn,
+            CoreFinish::AnswerCap => FinishReason::AnswerCap,
+            CoreFinish::Cancelled => FinishReason::Cancelled,
+            CoreFinish::Stopped => FinishReason::Stopped,
+        }
+    }
+}
+
+/// Timings of a solve.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Timings {
+    /// Model load (once per engine), ms.
+    pub load_ms: f64,
+    /// Prompt processing, ms.
+    pub prefill_ms: f64,
+    /// Prompt tokens per second.
+    pub prefill_tok_s: f64,
+    /// Time to the first token, ms.
+    pub ttft_ms: f64,
+    /// Generation, ms.
+    pub decode_ms: f64,
+    /// Generated tokens per second.
+    pub decode_tok_s: f64,
+    /// The whole solve, ms.
+    pub total_ms: f64,
+}
+
+/// The outcome of a solve.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SolveResult {
+    /// The think format used.
+    pub format: ThinkFormat,
+    /// All thinking text.
+    pub thinking: String,
+    /// The answer text.
+    pub answer: String,
+    /// The normalized final answer, if found.
+    pub extracted_answer: Option<String>,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Thinking tokens generated.
+    pub thinking_tokens: u32,
+    /// Thinking tokens injected ("Wait").
+    pub injected_tokens: u32,
+    /// Answer tokens generated.
+    pub answer_tokens: u32,
+    /// Extensions used.
+    pub extensions: u32,
+    /// Whether the end of thinking was forced.
+    pub forced_end: bool,
+    /// How thinking ended (none if stopped while thinking).
+    pub think_end: Option<ThinkEnd>,
+    /// How the solve ended.
+    pub finish: FinishReason,
+    /// Timings.
+    pub timings: Timings,
+}
+
+impl From<reckon::SolveResult> for SolveResult {
+    fn from(r: reckon::SolveResult) -> Self {
+        let t = r.timings;
+        SolveResult {
+            format: r.format.into(),
+            thinking: r.thinking,
+            answer: r.answer,
+            extracted_answer: r.extracted_answer,
+            prompt_tokens: r.prompt_tokens,
+            thinking_tokens: r.thinking_tokens,
+            injected_tokens: r.injected_tokens,
+            answer_tokens: r.answer_tokens,
+            extensions: r.extensions,
+            forced_end: r.forced_end,
+            think_end: r.think_end.map(|e| match e {
+                CoreThinkEnd::Natural => ThinkEnd::Natural,
+                CoreThinkEnd::TokenCap => ThinkEnd::TokenCap,
+                CoreThinkEnd::TimeBudget => ThinkEnd::TimeBudget,
+            }),
+            finish: r.finish.into(),
+            timings: Timings {
+                load_ms: t.load_ms,
+                prefill_ms: t.prefill_ms,
+                prefill_tok_s: t.prefill_tok_s,
+                ttft_ms: t.ttft_ms,
+                decode_ms: t.decode_ms,
+                decode_tok_s: t.decode_tok_s,
+                total_ms: t.total_ms,
+            },
+        }
+    }
+}
+
+/// What a model file is.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ModelInfo {
+    /// `general.name`.
+    pub name: Option<String>,
+    /// `general.architecture`.
+    pub architecture: String,
+    /// File size in bytes.
+    pub file_size: u64,
+    /// Parameters.
+    pub n_params: u64,
+    /// Quantization (`Q4_K_M`).
+    pub quantization: String,
+    /// Training context length.
+    pub context_length: Option<u64>,
+    /// Whether a chat template is embedded.
+    pub has_chat_template: bool,
+    /// The think format in use.
+    pub format: ThinkFormat,
+}
+
+/// Receives a solve's events on the solving thread. Return false to stop.
+/// Throwing stops the solve too, and `solve` then throws
+/// [`ReckonError::Listener`].
+#[uniffi::export(foreign)]
+pub trait SolveListener: Send + Sync {
+    /// One event.
+    fn on_event(&self, event: SolveEvent) -> Result<bool, ReckonError>;
+}
+
+/// Cancels a solve from any thread; the solve stops within one decode step
+/// and returns with [`FinishReason::Cancelled`].
+#[derive(Debug, Default, uniffi::Object)]
+pub struct CancelToken {
+    inner: CancelHandle,
+}
+
+#[uniffi::export]
+impl CancelToken {
+    /// A fresh token.
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Stop the solve using this token.
+    pub fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    /// Whether cancel was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+}
+
+/// A loaded model. Share one across threads; each `solve` blocks its
+/// calling (background) thread.
+#[derive(Debug, uniffi::Object)]
+pub struct Engine {
+    inner: reckon::Engine,
+}
+
+#[uniffi::export]
+impl Engine {
+    /// Load a GGUF model. Throws `ModelNotFound` or `InvalidModel` for bad files.
+    #[uniffi::constructor]
+    pub fn new(model_path: String, options: EngineOptions) -> Result<Arc<Self>, ReckonError> {
+        guarded(|| {
+            let core = CoreEngineOptions {
+                format: options.format.map(Into::into),
+                max_context: options.max_context,
+                gpu_layers: options.gpu_layers,
+            };
+            let inner = reckon::Engine::load(&model_path, core)?;
+            Ok(Arc::new(Self { inner }))
+        })
+    }
+
+    /// What the model is.
+    pub fn info(&self) -> ModelInfo {
+        let i = self.inner.info();
+        ModelInfo {
+            name: i.name.clone(),
+            architecture: i.architecture.clone(),
+            file_size: i.file_size,
+            n_params: i.n_params,
+            quantization: i.quantization.clone(),
+            context_length: i.context_length,
+            has_chat_template: i.has_chat_template,
+            format: self.inner.format().into(),
+        }
+    }
+
+    /// Solve a question with budget forcing, streaming events to `listener`.
+    /// Blocks the calling thread; cancel with `cancel` from another.
+    pub fn solve(
+        &self,
+        question: String,
+        options: SolveOptions,
+        listener: Arc<dyn SolveListener>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<SolveResult, ReckonError> {
+        guarded(|| {
+            let core: CoreSolveOptions = (&options).into();
+            let failure: Mutex<Option<ReckonError>> = Mutex::new(None);
+            let mut forward = |e: &CoreEvent| match catch_unwind(AssertUnwindSafe(|| listener.on_event(e.into()))) {
+                Ok(Ok(go_on)) => go_on,
+                Ok(Err(err)) => {
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(match err {
+                        ReckonError::Listener { .. } => err,
+                        other => ReckonError::Listener { reason: other.to_string() },
+                    });
+                    false
+                }
+                Err(_) => {
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(ReckonError::Listener { reason: "the listener panicked".into() });
+                    false
+                }
+            };
+            let result = self.inner.solve(&question, &core, &mut forward, cancel.as_ref().map(|c| &c.inner));
+            if let Some(err) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(err);
+            }
+            Ok(result?.into())
+        })
+    }
+}
+
+/// The default models directory (`$RECKON_MODELS_DIR` or the user cache).
+#[uniffi::export]
+pub fn default_model_path() -> String {
+    reckon::models::default_model_path().display().to_string()
+}
