@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages reckon builds with, if any is missing:
 # cmake, clang and libclang-dev (llama.cpp is built from source by
-# llama-cpp-sys-2), and python3 with pip (the default model is fetched from
-# PyPI). Debian/Ubuntu; uses sudo when not root. Safe to run again.
+# llama-cpp-sys-2), python3 with pip (the default model is fetched from
+# PyPI), and for the bindings tests a JDK, JNA and npm. Debian/Ubuntu; uses sudo when not root. Safe to run again.
 set -euo pipefail
 
 missing=()
@@ -14,6 +14,10 @@ fi
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# Bindings tests: a JDK for kotlinc and the JVM, JNA, npm for kotlin-compiler.
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+[ -f /usr/share/java/jna.jar ] || missing+=(libjna-java)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 
 echo "==> building reckon (release, for this CPU; the first build compiles llama.cpp: ~6 min on 2 cores)"
-cargo build --release --locked
+cargo build --release --locked --workspace
 
 echo "==> fetching the default model"
 ./target/release/reckon fetch-model

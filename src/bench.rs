@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Extensions forced in the extension run.
     #[arg(long, default_value_t = 4)]
     extensions: u32,
+    /// Thinking cap of the extension run.
+    #[arg(long, default_value_t = 1024)]
+    extension_cap: u32,
     /// The question.
     #[arg(long, default_value = SAMPLE_QUESTION)]
     question: String,
@@ -160,7 +163,7 @@ fn extension_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &i
     let opts = SolveOptions {
         budget: BudgetConfig {
             max_extensions: Some(args.extensions),
-            max_thinking_tokens: 1024,
+            max_thinking_tokens: args.extension_cap,
             max_answer_tokens: 16,
             ..BudgetConfig::default()
         },

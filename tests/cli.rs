@@ -102,3 +102,22 @@ fn help_explains() {
         assert!(s.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn bench_reports_the_overhead_ratio_as_json() {
+    // Speed is measured by `reckon bench`, not asserted here: this checks
+    // that the benchmark runs and reports what it promises.
+    let out = reckon()
+        .args(["bench", "--json", "--repeat", "1", "--max-think", "8", "--extensions", "1", "--extension-cap", "24", "--model"])
+        .arg(model_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v["models"][0];
+    for key in ["prefill_tok_s", "ttft_ms", "solve_decode_tok_s", "bare_decode_tok_s", "decode_ratio"] {
+        assert!(m[key].as_f64().unwrap() > 0.0, "{key}: {v}");
+    }
+    assert!(v["extension"]["kept_cache_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["peak_rss_mib"].as_f64().unwrap() > 100.0, "{v}");
+}
