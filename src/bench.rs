@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use clap::Args;
 use reckon::budget::{BudgetConfig, InjectReason, Segment};
 use reckon::engine::{Engine, EngineOptions, SolveOptions};
+use reckon::eval::report::median;
 use reckon::events::{Event, Silent};
 use reckon::models;
 use serde::Serialize;
@@ -96,15 +97,6 @@ struct Report {
     models: Vec<ModelRow>,
     extension: Option<ExtensionRow>,
     peak_rss_mib: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).

@@ -18,23 +18,14 @@ struct Collect {
 }
 
 impl Collect {
-    fn thinking(&self) -> String {
+    /// The text of one segment, generated and injected, in order.
+    fn text(&self, segment: Segment) -> String {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Thinking { text } => Some(text.as_str()),
-                Event::Injected { segment: Segment::Thinking, text, .. } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn answer(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Answer { text } => Some(text.as_str()),
-                Event::Injected { segment: Segment::Answer, text, .. } => Some(text.as_str()),
+                Event::Thinking { text } if segment == Segment::Thinking => Some(text.as_str()),
+                Event::Answer { text } if segment == Segment::Answer => Some(text.as_str()),
+                Event::Injected { segment: s, text, .. } if *s == segment => Some(text.as_str()),
                 _ => None,
             })
             .collect()
@@ -75,8 +66,8 @@ fn greedy_output_is_identical_across_runs_and_streams_rebuild_it() {
     assert_eq!(r1.answer, r2.answer);
     assert_eq!(r1.thinking_tokens, r2.thinking_tokens);
     assert!(!r1.thinking.is_empty());
-    assert_eq!(c1.thinking(), r1.thinking, "thinking events concatenate to the result");
-    assert_eq!(c1.answer(), r1.answer, "answer events concatenate to the result");
+    assert_eq!(c1.text(Segment::Thinking), r1.thinking, "thinking events concatenate to the result");
+    assert_eq!(c1.text(Segment::Answer), r1.answer, "answer events concatenate to the result");
     assert!(matches!(c1.events.last(), Some(Event::Done { .. })));
 }
 

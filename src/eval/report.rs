@@ -79,7 +79,8 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (0 for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
