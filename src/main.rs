@@ -104,6 +104,10 @@ struct EvalArgs {
     /// Warn about malformed data lines and go on, instead of stopping.
     #[arg(long)]
     skip_bad_lines: bool,
+    /// Only summarize the records already in --out (e.g. while another
+    /// process is still running the evaluation); solve nothing.
+    #[arg(long)]
+    report_only: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -397,7 +401,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         threads: args.threads,
         ..SolveOptions::default()
     };
-    let plan = EvalPlan { models, problems, configs, base, out: args.out.clone(), progress: !args.json && std::io::stderr().is_terminal() };
+    let plan = EvalPlan { models, problems, configs, base, out: args.out.clone(), progress: !args.json && std::io::stderr().is_terminal(), report_only: args.report_only };
     let summary = eval::run(&plan)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

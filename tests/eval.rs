@@ -118,6 +118,14 @@ fn resume_after_a_kill_keeps_records_and_gives_the_same_summary() {
         f.write_all(b"{\"id\": 99, \"question\": \"half").unwrap();
     }
 
+    // A report of what is on disk solves nothing and leaves the file alone.
+    let before = std::fs::read(&records).unwrap();
+    let o = eval_cmd(&data, out.path(), &[&args[..], &["--report-only", "--json"]].concat()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let partial: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(partial["rows"][0]["n"].as_u64().unwrap() as usize, kept.len());
+    assert_eq!(std::fs::read(&records).unwrap(), before);
+
     let o = eval_cmd(&data, out.path(), &args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let all = lines(&records);

@@ -128,6 +128,9 @@ pub struct EvalPlan {
     pub out: PathBuf,
     /// Show a progress bar.
     pub progress: bool,
+    /// Only summarize the records already on disk (partial results of a
+    /// run still going, or interrupted); solve nothing.
+    pub report_only: bool,
 }
 
 /// What must match for records in `out` to be reused.
@@ -162,6 +165,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ReckonError {
 
 /// Read the records of a file, cutting off a half-written last line.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    read_records_with(path, true)
+}
+
+/// Read the records of a file; with `repair`, truncate the file after the
+/// last whole record (never while another process may be writing it).
+pub fn read_records_with(path: &Path, repair: bool) -> Result<Vec<Record>> {
     let Ok(file) = File::open(path) else { return Ok(Vec::new()) };
     let mut records = Vec::new();
     let mut good_len = 0u64;
@@ -179,7 +188,9 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
                 good_len += n as u64;
             }
             (false, _) => {
-                log::warn!("{}: cutting off a half-written last record; it will be redone", path.display());
+                if repair {
+                    log::warn!("{}: cutting off a half-written last record; it will be redone", path.display());
+                }
                 break;
             }
             (true, Err(e)) => {
@@ -192,7 +203,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
         }
     }
     let len = std::fs::metadata(path).map_err(io("reading records"))?.len();
-    if len != good_len {
+    if repair && len != good_len {
         OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(good_len)).map_err(io("truncating records"))?;
     }
     Ok(records)
@@ -203,6 +214,11 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
     std::fs::create_dir_all(&plan.out).map_err(io(format!("creating {}", plan.out.display())))?;
     check_run_key(plan)?;
     let labels = model_labels(&plan.models);
+    if plan.report_only {
+        let summary = report::summarize(plan, &labels)?;
+        report::write_all(&summary, &plan.out)?;
+        return Ok(summary);
+    }
 
     // What is left, for the progress bar.
     let mut remaining = 0u64;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_records, records_path, EvalPlan, Record};
+use super::{read_records_with, records_path, EvalPlan, Record};
 use crate::error::{ReckonError, Result};
 
 /// Figures for one (model, config).
@@ -125,7 +125,7 @@ pub fn summarize(plan: &EvalPlan, labels: &[String]) -> Result<Summary> {
     let mut rows = Vec::new();
     for label in labels {
         for c in &plan.configs {
-            let mut records = read_records(&records_path(&plan.out, label, &c.label))?;
+            let mut records = read_records_with(&records_path(&plan.out, label, &c.label), !plan.report_only)?;
             records.retain(|r| ids.contains(&r.id));
             rows.push(summarize_records(label, c, &records));
         }
