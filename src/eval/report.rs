@@ -114,7 +114,8 @@ pub fn summarize_records(model: &str, config: &super::EvalConfig, records: &[Rec
         mean_injected_tokens: mean(records.iter().map(|r| f64::from(r.injected_tokens))),
         forced_share: mean(records.iter().map(|r| f64::from(u8::from(r.forced)))),
         mean_extensions: mean(records.iter().map(|r| f64::from(r.extensions))),
-        wall_s: records.iter().map(|r| r.wall_ms).sum::<f64>() / 1e3,
+        // `+ 0.0` turns the empty sum (-0.0) into 0.
+        wall_s: records.iter().map(|r| r.wall_ms).sum::<f64>() / 1e3 + 0.0,
         decode_tok_s: mean(records.iter().map(|r| r.decode_tok_s)),
     }
 }
