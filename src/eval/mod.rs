@@ -7,7 +7,7 @@
 //! (a kill in the middle of a write) is cut off and redone.
 
 pub mod data;
-mod plot;
+pub mod plot;
 pub mod report;
 
 use std::fs::{File, OpenOptions};

@@ -13,7 +13,9 @@ use crate::error::{ReckonError, Result};
 /// text in plots must not depend on the fonts a machine happens to have.
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
-fn ensure_font() {
+/// Register the shipped font as "sans-serif" (once per process); every
+/// plot of the project, the trainer's too, draws with it.
+pub fn ensure_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if register_font("sans-serif", FontStyle::Normal, FONT).is_err() {

@@ -1,0 +1,243 @@
+//! Checkpoints: weights and optimizer state (safetensors), step, RNG state,
+//! configs and tokenizer, with a manifest of SHA-256 sums written last.
+//!
+//! A checkpoint is written into `step-NNNNNNNN.partial/` and renamed when
+//! complete, so a crash leaves at worst a `.partial` directory that is never
+//! loaded. Loading checks every file against the manifest: a corrupt or
+//! truncated checkpoint is reported, never used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::{LoraConfig, Qwen2Config};
+use crate::tokenizer::Tok;
+
+const FORMAT: &str = "reckon-trainer-checkpoint/1";
+const FILES: &[&str] = &["model.safetensors", "optimizer.safetensors", "state.json", "config.json", "tokenizer.json"];
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// AdamW update count.
+    pub optimizer_t: u64,
+    /// The dropout/sampling RNG: seed (hex) and stream position.
+    pub rng_seed: String,
+    /// Words consumed from the RNG stream (decimal u128).
+    pub rng_word_pos: String,
+    /// LoRA settings, when training adapters.
+    pub lora: Option<LoraConfig>,
+    /// The training config that produced it (TOML as JSON), for provenance
+    /// and for checking that a resume uses the same settings.
+    pub run_config: serde_json::Value,
+    /// Which trainer stage wrote it (`sft`, `grpo`).
+    pub stage: String,
+    /// Wall-clock seconds of training so far.
+    pub elapsed_s: f64,
+    /// Tokens trained on so far.
+    pub tokens_seen: u64,
+}
+
+impl TrainState {
+    /// The RNG exactly where it was.
+    pub fn rng(&self) -> Result<ChaCha8Rng> {
+        let seed = hex_decode(&self.rng_seed).context("checkpoint RNG seed")?;
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_word_pos(self.rng_word_pos.parse().context("checkpoint RNG position")?);
+        Ok(rng)
+    }
+
+    /// Record `rng`'s state.
+    pub fn set_rng(&mut self, rng: &ChaCha8Rng) {
+        self.rng_seed = rng.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+        self.rng_word_pos = rng.get_word_pos().to_string();
+    }
+}
+
+fn hex_decode(s: &str) -> Result<[u8; 32]> {
+    ensure!(s.len() == 64, "expected 64 hex digits");
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(out)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    files: BTreeMap<String, FileSum>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileSum {
+    sha256: String,
+    bytes: u64,
+}
+
+/// A loaded, verified checkpoint.
+pub struct Checkpoint {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Model hyperparameters.
+    pub model_config: Qwen2Config,
+    /// Base weights and adapters by name (CPU).
+    pub tensors: BTreeMap<String, Tensor>,
+    /// AdamW moments (CPU).
+    pub optimizer: BTreeMap<String, Tensor>,
+    /// Step, RNG, provenance.
+    pub state: TrainState,
+    /// The tokenizer.
+    pub tok: Tok,
+}
+
+/// The directory name of step `step`.
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+fn to_cpu(map: &BTreeMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    map.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect()
+}
+
+/// Write a checkpoint under `root`; returns its directory.
+pub fn save(
+    root: &Path,
+    model_config: &Qwen2Config,
+    tensors: &BTreeMap<String, Tensor>,
+    optimizer: &BTreeMap<String, Tensor>,
+    state: &TrainState,
+    tok: &Tok,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    let final_dir = root.join(dir_name(state.step));
+    let tmp = root.join(format!("{}.partial", dir_name(state.step)));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    candle_core::safetensors::save(&to_cpu(tensors)?, tmp.join("model.safetensors"))?;
+    candle_core::safetensors::save(&to_cpu(optimizer)?, tmp.join("optimizer.safetensors"))?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(model_config)?)?;
+    tok.save(&tmp.join("tokenizer.json"))?;
+    let mut files = BTreeMap::new();
+    for f in FILES {
+        files.insert(f.to_string(), sum(&tmp.join(f))?);
+    }
+    std::fs::write(tmp.join("manifest.json"), serde_json::to_vec_pretty(&Manifest { format: FORMAT.into(), files })?)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir)?;
+    Ok(final_dir)
+}
+
+fn sum(path: &Path) -> Result<FileSum> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(FileSum { sha256: format!("{:x}", h.finalize()), bytes })
+}
+
+/// Complete checkpoints under `root`, oldest first (`.partial` ones skipped).
+pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else { return Ok(out) };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("step-") {
+            if let Ok(step) = n.parse::<u64>() {
+                out.push((step, e.path()));
+            } else if n.ends_with(".partial") {
+                log::warn!("ignoring unfinished checkpoint {}", e.path().display());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Keep only the `keep` newest checkpoints.
+pub fn prune(root: &Path, keep: usize) -> Result<()> {
+    let all = list(root)?;
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+/// Verify every file of the checkpoint at `dir` against its manifest.
+pub fn verify(dir: &Path) -> Result<()> {
+    let mpath = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&mpath)
+        .with_context(|| format!("checkpoint {} is incomplete: no manifest.json (it was not finished)", dir.display()))?;
+    let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("checkpoint {}: manifest.json is corrupt", dir.display()))?;
+    ensure!(manifest.format == FORMAT, "checkpoint {}: format '{}' (this trainer reads {FORMAT})", dir.display(), manifest.format);
+    for f in FILES {
+        let want = manifest.files.get(*f).with_context(|| format!("checkpoint {}: manifest does not list {f}", dir.display()))?;
+        let path = dir.join(f);
+        ensure!(path.is_file(), "checkpoint {}: {f} is missing", dir.display());
+        let got = sum(&path)?;
+        if got.bytes != want.bytes || got.sha256 != want.sha256 {
+            bail!(
+                "checkpoint {} is corrupt: {f} has {} bytes and SHA-256 {}, the manifest says {} bytes and {}",
+                dir.display(),
+                got.bytes,
+                &got.sha256[..12],
+                want.bytes,
+                &want.sha256[..12]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Load and verify the checkpoint at `dir`.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    verify(dir)?;
+    let read = |f: &str| -> Result<BTreeMap<String, Tensor>> {
+        Ok(candle_core::safetensors::load(dir.join(f), &Device::Cpu)
+            .with_context(|| format!("checkpoint {}: cannot read {f}", dir.display()))?
+            .into_iter()
+            .collect())
+    };
+    let state: TrainState = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).context("checkpoint state.json")?;
+    let model_config: Qwen2Config = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).context("checkpoint config.json")?;
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        model_config,
+        tensors: read("model.safetensors")?,
+        optimizer: read("optimizer.safetensors")?,
+        state,
+        tok: Tok::from_file(&dir.join("tokenizer.json"))?,
+    })
+}
+
+/// The newest complete checkpoint under `root`, verified. A newest one that
+/// fails verification is an error (it is not silently skipped).
+pub fn latest(root: &Path) -> Result<Option<Checkpoint>> {
+    match list(root)?.pop() {
+        None => Ok(None),
+        Some((_, dir)) => load(&dir).map(Some),
+    }
+}

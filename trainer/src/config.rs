@@ -1,0 +1,225 @@
+//! Training configuration: one TOML file with documented groups, validated
+//! once, before anything heavy starts. Relative paths are relative to the
+//! config file.
+//!
+//! ```toml
+//! [model]
+//! source = "model.gguf"       # a .gguf file, a Hugging Face directory, or "tiny"
+//! [lora]                      # optional: train adapters instead of all weights
+//! rank = 8
+//! alpha = 16.0
+//! dropout = 0.05
+//! targets = ["q_proj", "v_proj"]
+//! [data]
+//! train = "sft.jsonl"         # {question, thinking, answer} per line
+//! max_seq_len = 512
+//! [train]
+//! steps = 200
+//! batch_size = 4
+//! [optim]
+//! lr = 1e-5
+//! [checkpoint]
+//! every = 50
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::LoraConfig;
+
+/// The whole SFT configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {
+    /// What to start from.
+    pub model: ModelSection,
+    /// Adapters instead of full fine-tuning (absent: full).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// Training data.
+    pub data: DataSection,
+    /// Steps, batch and seed.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// AdamW and the learning-rate schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// How often to save, and how many to keep.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A `.gguf` file (dequantized), a Hugging Face directory, or `tiny`
+    /// (a 2-layer model with its own small tokenizer, for tests and demos).
+    pub source: String,
+    /// `auto` (bf16 on CUDA, f32 on CPU), `f32`, `bf16`, `f16`.
+    #[serde(default = "auto")]
+    pub compute_dtype: String,
+    /// `auto` (CUDA when built with it and present), `cpu`, `cuda`.
+    #[serde(default = "auto")]
+    pub device: String,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+/// `[data]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSONL of `{question, thinking, answer}` records.
+    pub train: PathBuf,
+    /// Longest training sequence (prompt + completion), in tokens; must fit
+    /// the model's context.
+    #[serde(default = "default_max_len")]
+    pub max_seq_len: usize,
+    /// `truncate` (cut the completion, count and warn) or `error`.
+    #[serde(default = "default_too_long")]
+    pub on_too_long: String,
+    /// System prompt rendered before each question (the runtime's default).
+    #[serde(default = "default_system")]
+    pub system_prompt: String,
+}
+
+fn default_max_len() -> usize {
+    1024
+}
+fn default_too_long() -> String {
+    "truncate".into()
+}
+fn default_system() -> String {
+    reckon::format::DEFAULT_SYSTEM_PROMPT.to_string()
+}
+
+/// `[train]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps in all.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Seeds data order, initialization and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self { steps: 100, batch_size: 4, grad_accum: 1, seed: 0 }
+    }
+}
+
+/// `[optim]`: AdamW with fp32 moments, warmup then cosine decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay, applied to matrices only (not norms, biases).
+    pub weight_decay: f64,
+    /// Adam β1.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Linear warmup steps from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Cosine decay ends at `lr × min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub clip_grad_norm: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { lr: 1e-5, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, warmup_steps: 0, min_lr_ratio: 0.1, clip_grad_norm: 1.0 }
+    }
+}
+
+impl OptimConfig {
+    /// Check ranges.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "optim.lr must be a positive number (got {})", self.lr);
+        ensure!(self.weight_decay >= 0.0, "optim.weight_decay must be ≥ 0");
+        ensure!((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2), "optim.beta1 and beta2 must be in [0, 1)");
+        ensure!(self.eps > 0.0, "optim.eps must be positive");
+        ensure!((0.0..=1.0).contains(&self.min_lr_ratio), "optim.min_lr_ratio must be in [0, 1]");
+        ensure!(self.clip_grad_norm >= 0.0, "optim.clip_grad_norm must be ≥ 0 (0 disables clipping)");
+        Ok(())
+    }
+}
+
+/// `[checkpoint]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every this many steps (and always at the end).
+    pub every: u64,
+    /// Keep this many most recent checkpoints.
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self { every: 100, keep_last: 2 }
+    }
+}
+
+impl SftConfig {
+    /// Read, resolve relative paths against the file's directory, validate.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut cfg: SftConfig = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.data.train = resolve(base, &cfg.data.train);
+        if cfg.model.source != "tiny" {
+            cfg.model.source = resolve(base, Path::new(&cfg.model.source)).display().to_string();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every setting; messages say what to change.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.model.source.is_empty(), "model.source is empty: give a .gguf file, a Hugging Face directory or \"tiny\"");
+        ensure!(
+            ["auto", "f32", "bf16", "f16"].contains(&self.model.compute_dtype.as_str()),
+            "model.compute_dtype '{}' is not one of auto, f32, bf16, f16",
+            self.model.compute_dtype
+        );
+        ensure!(["auto", "cpu", "cuda"].contains(&self.model.device.as_str()), "model.device '{}' is not one of auto, cpu, cuda", self.model.device);
+        if let Some(l) = &self.lora {
+            l.validate()?;
+        }
+        ensure!(self.data.max_seq_len >= 8, "data.max_seq_len {} is too short to hold a prompt", self.data.max_seq_len);
+        ensure!(
+            ["truncate", "error"].contains(&self.data.on_too_long.as_str()),
+            "data.on_too_long '{}' is not 'truncate' or 'error'",
+            self.data.on_too_long
+        );
+        ensure!(self.train.steps > 0, "train.steps must be at least 1");
+        ensure!(self.train.batch_size > 0, "train.batch_size must be at least 1");
+        ensure!(self.train.grad_accum > 0, "train.grad_accum must be at least 1");
+        ensure!(self.checkpoint.every > 0, "checkpoint.every must be at least 1");
+        ensure!(self.checkpoint.keep_last > 0, "checkpoint.keep_last must be at least 1");
+        self.optim.validate()
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}

@@ -1,0 +1,24 @@
+//! Reckon's trainer: fine-tune small Qwen2-architecture models so that,
+//! under budget forcing, they reason well in few tokens.
+//!
+//! Layers: [`model`] (a training-mode Qwen2 with LoRA and a KV-cached
+//! sampling path), [`weights`] and [`tokenizer`] (HF safetensors, GGUF with
+//! its vocabulary), [`data`] (SFT records in the s1 format), [`optim`]
+//! (AdamW, schedule, clipping), [`checkpoint`] (verified, resumable),
+//! [`train`] (the SFT loop), [`bench`] (throughput and MFU), [`plot`].
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod synth;
+pub mod tokenizer;
+pub mod train;
+pub mod weights;
+
+pub use config::SftConfig;
+pub use model::{KvCache, LoraConfig, Qwen2, Qwen2Config};
+pub use tokenizer::Tok;

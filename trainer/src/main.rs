@@ -1,0 +1,200 @@
+//! `reckon-train`: fine-tune small Qwen2 models for token-efficient reasoning.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use reckon_trainer::{bench, data, train, SftConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "reckon-train",
+    version,
+    about = "Fine-tune small Qwen2 models to reason in few tokens",
+    long_about = "Fine-tune small Qwen2-architecture models (Qwen2.5 0.5B/1.5B, or tiny test models) \
+on think/answer traces in the s1 format the Reckon runtime uses. Runs on CPU; build with \
+--features cuda for NVIDIA GPUs (bf16 compute). Set RUST_LOG=info for details, \
+RAYON_NUM_THREADS to limit CPU threads."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Supervised fine-tuning on {question, thinking, answer} JSONL.
+    ///
+    /// Re-running the same command resumes from the newest checkpoint in
+    /// --out (verified by checksum) and continues exactly where it stopped.
+    Sft {
+        /// TOML config (see trainer/configs/ for documented examples).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory: metrics.jsonl, loss.png, checkpoints/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Delete existing checkpoints and start over.
+        #[arg(long)]
+        fresh: bool,
+        /// Stop (with a checkpoint) after this many steps; run again to go on.
+        #[arg(long)]
+        stop_after: Option<u64>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build training data.
+    Data {
+        #[command(subcommand)]
+        which: DataCmd,
+    },
+    /// Training-step throughput and MFU for a tiny and a 0.5B-shaped model.
+    Bench {
+        /// Shapes to run: tiny, 0.5b.
+        #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
+        shapes: Vec<String>,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Timed steps (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Peak FLOP/s of the device, in GFLOP/s, for MFU (default: estimated
+        /// for the CPU from its clock, cores and vector width).
+        #[arg(long)]
+        peak_gflops: Option<f64>,
+        /// `cpu` or `cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// GSM8K lines ({question, answer with #### N}) to SFT records: the worked
+    /// solution without <<calculator>> notes becomes the thinking.
+    Gsm8k {
+        /// GSM8K JSONL (e.g. ../shared/data/gsm8k/train.jsonl).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the SFT JSONL.
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep only the first N.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Sft { config, out, fresh, stop_after, json } => {
+            let cfg = SftConfig::load(&config)?;
+            let opts = train::RunOptions { out: out.clone(), fresh, stop_after, progress: !json };
+            let o = train::run_sft(&cfg, &opts)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "step": o.step,
+                        "resumed_from": o.resumed_from,
+                        "final_loss": o.metrics.last().map(|m| m.loss),
+                        "checkpoint": o.checkpoint,
+                        "truncated": o.data.truncated,
+                        "dropped": o.data.dropped,
+                        "metrics": out.join("metrics.jsonl"),
+                    })
+                );
+            } else {
+                println!(
+                    "step {} (from {}), last loss {}, checkpoint {}; curves in {}",
+                    o.step,
+                    o.resumed_from,
+                    o.metrics.last().map_or("-".into(), |m| format!("{:.4}", m.loss)),
+                    o.checkpoint.as_ref().map_or("-".into(), |p| p.display().to_string()),
+                    out.join("loss.png").display()
+                );
+            }
+        }
+        Cmd::Data { which: DataCmd::Gsm8k { input, out, limit } } => {
+            let mut recs = data::gsm8k_to_sft(&input)?;
+            if let Some(n) = limit {
+                recs.truncate(n);
+            }
+            train::write_metrics(&out, &recs).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{} SFT records written to {}", recs.len(), out.display());
+        }
+        Cmd::Bench { shapes, batch, seq_len, steps, peak_gflops, device, json } => {
+            let dev = train::device(&device)?;
+            let peak = peak_gflops.map(|g| g * 1e9).or_else(|| if dev.is_cpu() { cpu_peak_flops() } else { None });
+            let mut rows = Vec::new();
+            for s in &shapes {
+                let cfg = match s.as_str() {
+                    "tiny" => bench::tiny_bench_config(),
+                    "0.5b" => bench::qwen2_5_0_5b_config(),
+                    other => anyhow::bail!("unknown shape '{other}' (tiny, 0.5b)"),
+                };
+                rows.push(bench::bench_shape(s, cfg, batch, seq_len, steps, peak, &dev)?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "peak_flops": peak, "rows": rows }))?);
+            } else {
+                println!("| shape | params | batch×seq | step s | tokens/s | GFLOP/s | MFU |");
+                println!("|---|---:|---:|---:|---:|---:|---:|");
+                for r in &rows {
+                    println!(
+                        "| {} | {:.1}M | {}×{} | {:.3} | {:.1} | {:.2} | {} |",
+                        r.shape,
+                        r.params as f64 / 1e6,
+                        r.batch,
+                        r.seq_len,
+                        r.step_s,
+                        r.tokens_per_s,
+                        r.flops / 1e9,
+                        r.mfu.map_or("-".into(), |m| format!("{:.1}%", 100.0 * m))
+                    );
+                }
+                if let Some(p) = peak {
+                    println!("peak assumed: {:.1} GFLOP/s ({} threads)", p / 1e9, rows.first().map_or(0, |r| r.threads));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fp32 peak of this CPU: threads × clock × FLOPs per cycle (2 FMA units ×
+/// vector lanes × 2), from /proc/cpuinfo.
+fn cpu_peak_flops() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    let per_cycle = if flags.contains(" avx512f") {
+        64.0
+    } else if flags.contains(" avx2") && flags.contains(" fma") {
+        32.0
+    } else {
+        8.0
+    };
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Some(threads as f64 * mhz * 1e6 * per_cycle)
+}

@@ -1,0 +1,52 @@
+//! The `reckon-train` binary as a user runs it.
+
+mod common;
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_reckon-train"))
+}
+
+#[test]
+fn data_gsm8k_turns_train_lines_into_sft_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sft.jsonl");
+    let input = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gsm8k/train.jsonl");
+    let o = bin().args(["data", "gsm8k", "--input"]).arg(&input).arg("--out").arg(&out).args(["--limit", "50"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 50);
+    // The first GSM8K train problem: Natalia's clips, 48 + 24 = 72.
+    assert!(recs[0]["question"].as_str().unwrap().starts_with("Natalia sold clips"));
+    assert_eq!(recs[0]["answer"], "72");
+    for r in &recs {
+        let t = r["thinking"].as_str().unwrap();
+        assert!(!t.contains("<<") && !t.contains("####") && !t.is_empty(), "{t}");
+    }
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"question\": \"q\", \"answer\": \"no marker\"}\n").unwrap();
+    let o = bin().args(["data", "gsm8k", "--input"]).arg(&bad).arg("--out").arg(dir.path().join("x.jsonl")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.jsonl:1"));
+}
+
+#[test]
+fn sft_runs_from_the_command_line_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("train.jsonl");
+    common::write_sft(&data, &reckon_trainer::synth::arithmetic(6, 3, false));
+    let cfg = common::sft_config(dir.path(), &data, "[train]\nsteps = 4\nbatch_size = 2\ngrad_accum = 1\nseed = 0\n[checkpoint]\nevery = 2\n");
+    let run = |extra: &[&str]| {
+        let o = bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("run")).arg("--json").args(extra).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let first = run(&["--stop-after", "2"]);
+    assert_eq!(first["step"], 2);
+    let second = run(&[]);
+    assert_eq!(second["step"], 4);
+    assert_eq!(second["resumed_from"], 2);
+    let help = bin().args(["sft", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("resumes from the newest checkpoint"));
+}
