@@ -7,6 +7,7 @@
 //! mutates the model while creating one.
 
 mod llama_log;
+pub mod quantize;
 mod sampling;
 mod session;
 mod vocab;

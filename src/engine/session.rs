@@ -6,7 +6,7 @@
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -61,7 +61,7 @@ impl SolveOptions {
 }
 
 /// Figures of a bare decode loop: llama-cpp-2 with no controller.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BareDecode {
     /// Prompt tokens.
     pub prompt_tokens: u32,
@@ -73,6 +73,9 @@ pub struct BareDecode {
     pub decode_ms: f64,
     /// Tokens per second of generation.
     pub decode_tok_s: f64,
+    /// The greedy continuation.
+    #[serde(skip)]
+    pub generated: Vec<TokenId>,
 }
 
 /// A context plus its position and the index of its last logits.
@@ -88,12 +91,25 @@ struct Seq<'a> {
 
 impl<'a> Seq<'a> {
     fn new(engine: &'a Engine, n_ctx: u32, threads: i32) -> Result<Self> {
-        let params = LlamaContextParams::default()
+        Self::with_cache(engine, n_ctx, threads, false)
+    }
+
+    /// `f32_cache`: keep keys and values in F32 (default F16) and compute
+    /// attention without flash attention (whose CPU kernel rounds Q·K
+    /// through F16), for exact comparisons with a reference implementation.
+    fn with_cache(engine: &'a Engine, n_ctx: u32, threads: i32, f32_cache: bool) -> Result<Self> {
+        let mut params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(BATCH as u32)
             .with_n_ubatch(BATCH as u32)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
+        if f32_cache {
+            params = params
+                .with_type_k(KvCacheType::F32)
+                .with_type_v(KvCacheType::F32)
+                .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+        }
         let ctx = {
             // llama.cpp mutates the model while creating a context.
             let _guard = engine.context_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -338,6 +354,16 @@ impl Engine {
     /// measuring the controller's overhead: prefill `prompt`, then decode
     /// exactly `n_predict` tokens (end-of-turn tokens included).
     pub fn bare_decode(&self, prompt: &[TokenId], n_predict: u32, threads: Option<u32>) -> Result<BareDecode> {
+        self.bare_decode_with(prompt, n_predict, threads, false)
+    }
+
+    /// The greedy continuation of `prompt` with keys and values cached in
+    /// F32: the reference a trainer's own greedy decoding must reproduce.
+    pub fn reference_greedy(&self, prompt: &[TokenId], n_predict: u32, threads: Option<u32>) -> Result<Vec<TokenId>> {
+        Ok(self.bare_decode_with(prompt, n_predict, threads, true)?.generated)
+    }
+
+    fn bare_decode_with(&self, prompt: &[TokenId], n_predict: u32, threads: Option<u32>, f32_cache: bool) -> Result<BareDecode> {
         let opts = SolveOptions { threads, ..SolveOptions::default() };
         let n_ctx = (prompt.len() as u64 + u64::from(n_predict) + 1).div_ceil(256) * 256;
         if n_ctx > u64::from(self.context_limit()) {
@@ -347,14 +373,16 @@ impl Engine {
                 context_limit: self.context_limit(),
             });
         }
-        let mut seq = Seq::new(self, n_ctx as u32, opts.threads()?)?;
+        let mut seq = Seq::with_cache(self, n_ctx as u32, opts.threads()?, f32_cache)?;
         let mut sampler = LlamaSampler::greedy();
         let t = Instant::now();
         seq.feed(prompt)?;
         let prefill_ms = ms(t.elapsed());
         let t = Instant::now();
+        let mut generated = Vec::with_capacity(n_predict as usize);
         for _ in 0..n_predict {
             let token = seq.sample(&mut sampler);
+            generated.push(token);
             seq.feed(&[token])?;
         }
         let decode_ms = ms(t.elapsed());
@@ -364,7 +392,28 @@ impl Engine {
             tokens: n_predict,
             decode_ms,
             decode_tok_s: per_second(n_predict, decode_ms),
+            generated,
         })
+    }
+
+    /// The model's logits at every position of `tokens` (one row of
+    /// `n_vocab` per token), in a fresh context: what a trainer compares its
+    /// own forward against. Keys and values are cached in F32 and flash
+    /// attention is off here (F16 and auto in `solve`), so an F32 model's
+    /// logits are full precision.
+    pub fn logits(&self, tokens: &[TokenId], threads: Option<u32>) -> Result<Vec<Vec<f32>>> {
+        let opts = SolveOptions { threads, ..SolveOptions::default() };
+        if tokens.is_empty() || tokens.len() > BATCH || tokens.len() as u32 > self.context_limit() {
+            return Err(ReckonError::Internal(format!("logits: give 1 to {BATCH} tokens (got {})", tokens.len())));
+        }
+        let n_ctx = (tokens.len() as u64 + 1).div_ceil(256) * 256;
+        let mut seq = Seq::with_cache(self, n_ctx as u32, opts.threads()?, true)?;
+        seq.batch.clear();
+        for (i, &t) in tokens.iter().enumerate() {
+            seq.batch.add(LlamaToken(t), i as i32, &[0], true).map_err(|e| ReckonError::Decode(e.to_string()))?;
+        }
+        seq.ctx.decode(&mut seq.batch).map_err(|e| ReckonError::Decode(e.to_string()))?;
+        Ok((0..tokens.len() as i32).map(|i| seq.ctx.get_logits_ith(i).to_vec()).collect())
     }
 
     /// Time a prefill of `tokens` in a fresh context (what a stateless

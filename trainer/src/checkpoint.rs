@@ -45,6 +45,13 @@ pub struct TrainState {
     pub elapsed_s: f64,
     /// Tokens trained on so far.
     pub tokens_seen: u64,
+    /// Where the weights first came from (a path, or `tiny`).
+    #[serde(default)]
+    pub source: String,
+    /// The source's chat template, kept for an untrained import so an
+    /// export round-trips; trained stages export the s1 template.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 impl TrainState {

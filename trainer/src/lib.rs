@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod export;
 pub mod model;
 pub mod optim;
 pub mod plot;

@@ -45,6 +45,46 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Export a checkpoint (LoRA merged), HF directory or GGUF to a GGUF for
+    /// the runtime and llama.cpp, quantized by llama.cpp's own quantizer.
+    Export {
+        /// A checkpoint directory (e.g. OUT/checkpoints/step-00000200), a
+        /// Hugging Face directory, or a GGUF.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The .gguf to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (any type
+        /// llama.cpp's quantizer offers without an importance matrix).
+        #[arg(long = "type", default_value = "q4_k_m")]
+        file_type: String,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+        /// Quantizer threads.
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// general.name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// general.license.
+        #[arg(long, default_value = "apache-2.0")]
+        license: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a GGUF (e.g. the runtime's default model) or HF directory as a
+    /// step-0 checkpoint, to fine-tune what you already run.
+    Import {
+        /// The .gguf file or Hugging Face directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Checkpoint root to write into (a step-00000000 directory).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build training data.
     Data {
         #[command(subcommand)]
@@ -134,6 +174,19 @@ fn run(cli: Cli) -> Result<()> {
                     out.join("loss.png").display()
                 );
             }
+        }
+        Cmd::Export { checkpoint, out, file_type, force, threads, name, license, json } => {
+            let opts = reckon_trainer::export::ExportOptions { out, file_type, force, threads, name, license };
+            let r = reckon_trainer::export::export(&checkpoint, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"path": r.path, "type": r.file_type, "bytes": r.bytes, "seconds": r.seconds}))?);
+            } else {
+                println!("{} ({}, {:.1} MiB) in {:.1} s", r.path.display(), r.file_type, r.bytes as f64 / 1048576.0, r.seconds);
+            }
+        }
+        Cmd::Import { model, out } => {
+            let dir = reckon_trainer::export::import(&model, &out)?;
+            println!("imported {} as {}", model.display(), dir.display());
         }
         Cmd::Data { which: DataCmd::Gsm8k { input, out, limit } } => {
             let mut recs = data::gsm8k_to_sft(&input)?;

@@ -27,6 +27,17 @@ pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\
 /// Special tokens of the ChatML/s1 format every Reckon model has.
 pub const CHATML_SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
+/// What a token is, for GGUF token types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Produced by BPE.
+    Normal,
+    /// An added special token (GGUF CONTROL).
+    Special,
+    /// An added non-special token (GGUF USER_DEFINED).
+    UserDefined,
+}
+
 /// A vocabulary with its two views.
 #[derive(Clone)]
 pub struct Tok {
@@ -151,6 +162,38 @@ impl Tok {
     /// The string of a token id.
     pub fn token(&self, id: u32) -> Option<String> {
         self.full.id_to_token(id)
+    }
+
+    /// Every token by id (`None` for ids the vocabulary skips), with whether
+    /// it is an added token and whether that one is special.
+    pub fn id_table(&self) -> Vec<Option<(String, TokenKind)>> {
+        let vocab = self.full.get_vocab(true);
+        let added = self.full.get_added_tokens_decoder();
+        let n = vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let mut out = vec![None; n];
+        for (tok, id) in vocab {
+            let kind = match added.get(&id) {
+                Some(a) if a.special => TokenKind::Special,
+                Some(_) => TokenKind::UserDefined,
+                None => TokenKind::Normal,
+            };
+            out[id as usize] = Some((tok, kind));
+        }
+        out
+    }
+
+    /// BPE merges in priority order, as `"left right"`.
+    pub fn merges(&self) -> Result<Vec<String>> {
+        let json: serde_json::Value = serde_json::from_str(&self.to_json()?)?;
+        let merges = json["model"]["merges"].as_array().context("tokenizer has no BPE merges")?;
+        merges
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Array(p) if p.len() == 2 => Ok(format!("{} {}", p[0].as_str().unwrap_or(""), p[1].as_str().unwrap_or(""))),
+                other => bail!("unexpected merge entry {other}"),
+            })
+            .collect()
     }
 
     /// Tokens in the vocabulary, added ones included.

@@ -193,6 +193,8 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
                 stage: "sft".into(),
                 elapsed_s: 0.0,
                 tokens_seen: 0,
+                source: cfg.model.source.clone(),
+                chat_template: None,
             };
             state.set_rng(&rng);
             (model, tok, AdamW::new(cfg.optim.clone()), rng, state)

@@ -21,11 +21,21 @@ pub struct Source {
     pub tensors: BTreeMap<String, Tensor>,
     /// Its tokenizer.
     pub tok: Tok,
+    /// Its chat template, when the source has one.
+    pub chat_template: Option<String>,
 }
 
-/// Load a model from a directory (HF layout or a trainer checkpoint's
-/// weights) or a `.gguf` file.
+/// Load a model from a trainer checkpoint directory (LoRA merged), a
+/// Hugging Face directory, or a `.gguf` file.
 pub fn load(path: &Path) -> Result<Source> {
+    if path.join("manifest.json").is_file() {
+        // A trainer checkpoint: verified, adapters merged.
+        let ck = crate::checkpoint::load(path)?;
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        let mut model = crate::model::Qwen2::from_tensors(ck.model_config.clone(), ck.tensors, ck.state.lora.clone(), &mut rng, &Device::Cpu)?;
+        model.merge_lora()?;
+        return Ok(Source { config: ck.model_config, tensors: model.tensors(), tok: ck.tok, chat_template: ck.state.chat_template });
+    }
     if path.is_dir() {
         load_hf_dir(path)
     } else if path.is_file() {
@@ -49,7 +59,11 @@ pub fn load_hf_dir(dir: &Path) -> Result<Source> {
         }
     }
     let tok = Tok::from_file(&dir.join("tokenizer.json"))?;
-    Ok(Source { config, tensors, tok })
+    let chat_template = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+    Ok(Source { config, tensors, tok, chat_template })
 }
 
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -70,6 +84,35 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     ensure!(single.is_file(), "{} has neither model.safetensors nor model.safetensors.index.json", dir.display());
     Ok(vec![single])
+}
+
+/// Hugging Face names to llama.cpp tensor names.
+pub fn hf_to_gguf(name: &str) -> Option<String> {
+    match name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let g = match tail {
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}"))
 }
 
 /// llama.cpp tensor names to Hugging Face names (the inverse of its
@@ -138,7 +181,8 @@ pub fn load_gguf(path: &Path) -> Result<Source> {
         tie_word_embeddings: !tensors.contains_key("lm_head.weight"),
     };
     let tok = Tok::from_gguf(&checked)?;
-    Ok(Source { config, tensors, tok })
+    let chat_template = checked.get_str("tokenizer.chat_template").map(str::to_string);
+    Ok(Source { config, tensors, tok, chat_template })
 }
 
 /// Write a Hugging Face directory: `config.json`, `tokenizer.json`, and the

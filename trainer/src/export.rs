@@ -1,0 +1,245 @@
+//! Export to GGUF for devices, and import the other way.
+//!
+//! A float GGUF is written first with complete metadata (architecture and
+//! every `qwen2.*` hyperparameter llama.cpp reads, the tokenizer padded to
+//! the embedding rows, the chat template, provenance), then llama.cpp's own
+//! quantizer turns it into the requested type. Files are written to a
+//! temporary name in the destination directory and renamed only when
+//! complete: a failure (a full disk) leaves nothing half-written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Tensor};
+use reckon::gguf::{self, TensorData, Value};
+use serde::Serialize;
+
+use crate::model::Qwen2Config;
+use crate::tokenizer::{Tok, TokenKind};
+use crate::weights::{self, hf_to_gguf};
+
+/// The chat template of models trained here: ChatML whose generation
+/// prompt opens s1 thinking, so the runtime detects the s1 format.
+pub const S1_CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<|im_start|>think\n{% endif %}";
+
+/// What to write.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Destination `.gguf`.
+    pub out: PathBuf,
+    /// A type name of [`reckon::engine::quantize::FILE_TYPES`].
+    pub file_type: String,
+    /// Overwrite an existing file.
+    pub force: bool,
+    /// Quantizer threads.
+    pub threads: u32,
+    /// `general.name` (default: the output file's stem).
+    pub name: Option<String>,
+    /// `general.license`.
+    pub license: String,
+}
+
+/// What was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    /// The file.
+    pub path: PathBuf,
+    /// Its type name.
+    pub file_type: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Seconds from loading the checkpoint to the renamed file.
+    pub seconds: f64,
+    /// The metadata written into the float GGUF, by key (JSON values).
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// Provenance written into `general.*`.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// `general.name`.
+    pub name: String,
+    /// The base model (`general.base_model.0.name`).
+    pub base_model: String,
+    /// `general.description`: how it was trained.
+    pub recipe: String,
+    /// `general.license`.
+    pub license: String,
+}
+
+/// GGUF metadata for a Qwen2 model, in write order.
+pub fn metadata(config: &Qwen2Config, tok: &Tok, chat_template: &str, prov: &Provenance, file_type: u32) -> Result<Vec<(String, Value)>> {
+    let u = |v: usize| Value::U32(v as u32);
+    let mut m: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("qwen2".into())),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.name".into(), Value::String(prov.name.clone())),
+        ("general.description".into(), Value::String(prov.recipe.clone())),
+        ("general.license".into(), Value::String(prov.license.clone())),
+        ("general.base_model.count".into(), Value::U32(1)),
+        ("general.base_model.0.name".into(), Value::String(prov.base_model.clone())),
+        ("general.file_type".into(), Value::U32(file_type)),
+        ("qwen2.context_length".into(), u(config.max_position_embeddings)),
+        ("qwen2.embedding_length".into(), u(config.hidden_size)),
+        ("qwen2.feed_forward_length".into(), u(config.intermediate_size)),
+        ("qwen2.block_count".into(), u(config.num_hidden_layers)),
+        ("qwen2.attention.head_count".into(), u(config.num_attention_heads)),
+        ("qwen2.attention.head_count_kv".into(), u(config.num_key_value_heads)),
+        ("qwen2.rope.freq_base".into(), Value::F32(config.rope_theta as f32)),
+        ("qwen2.attention.layer_norm_rms_epsilon".into(), Value::F32(config.rms_norm_eps as f32)),
+    ];
+    let table = tok.id_table();
+    ensure!(
+        table.len() <= config.vocab_size,
+        "the tokenizer has {} tokens but the embedding only {} rows",
+        table.len(),
+        config.vocab_size
+    );
+    let mut tokens = Vec::with_capacity(config.vocab_size);
+    let mut types = Vec::with_capacity(config.vocab_size);
+    for i in 0..config.vocab_size {
+        match table.get(i).cloned().flatten() {
+            Some((t, kind)) => {
+                tokens.push(Value::String(t));
+                types.push(Value::I32(match kind {
+                    TokenKind::Normal => 1,
+                    TokenKind::Special => 3,
+                    TokenKind::UserDefined => 4,
+                }));
+            }
+            None => {
+                // As convert_hf_to_gguf.py pads: unused placeholder rows.
+                tokens.push(Value::String(format!("[PAD{i}]")));
+                types.push(Value::I32(5));
+            }
+        }
+    }
+    let id = |t: &str| tok.id(t).with_context(|| format!("tokenizer lacks {t}"));
+    m.extend([
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(tok.merges()?.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(id("<|im_end|>")?)),
+        ("tokenizer.ggml.padding_token_id".into(), Value::U32(id("<|endoftext|>")?)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(id("<|endoftext|>")?)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        ("tokenizer.chat_template".into(), Value::String(chat_template.to_string())),
+    ]);
+    Ok(m)
+}
+
+/// The weights as F32 GGUF tensors (ggml dimension order), tied models
+/// without `output.weight`.
+pub fn tensors(config: &Qwen2Config, weights: &BTreeMap<String, Tensor>) -> Result<Vec<TensorData>> {
+    let mut out = Vec::new();
+    for (name, shape) in config.weight_shapes() {
+        let t = weights.get(&name).with_context(|| format!("checkpoint lacks tensor '{name}'"))?;
+        ensure!(t.dims() == shape.as_slice(), "tensor '{name}' has shape {:?}, the config needs {:?}", t.dims(), shape);
+        let data: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.push(TensorData {
+            name: hf_to_gguf(&name).with_context(|| format!("no GGUF name for '{name}'"))?,
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            ggml_type: 0,
+            data: bytes,
+        });
+    }
+    Ok(out)
+}
+
+fn json_of(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => serde_json::json!(s),
+        Value::Bool(b) => serde_json::json!(b),
+        Value::F32(x) => serde_json::json!(x),
+        Value::F64(x) => serde_json::json!(x),
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(json_of).collect()),
+        other => serde_json::json!(other.as_u64().map(|x| x as i64).or_else(|| other.as_f64().map(|x| x as i64))),
+    }
+}
+
+/// Export a model source (a checkpoint directory, HF directory or GGUF).
+pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    let t0 = Instant::now();
+    let ftype = reckon::engine::quantize::file_type(&opts.file_type)?;
+    if opts.out.exists() && !opts.force {
+        bail!("{} already exists (pass --force to overwrite)", opts.out.display());
+    }
+    let src = weights::load(source)?;
+    let state = if source.join("manifest.json").is_file() { Some(crate::checkpoint::load(source)?.state) } else { None };
+    let trained = state.as_ref().is_some_and(|s| s.stage != "import");
+    let template = match (&src.chat_template, trained) {
+        (Some(t), false) => t.clone(),
+        _ => S1_CHAT_TEMPLATE.to_string(),
+    };
+    let name = opts.name.clone().unwrap_or_else(|| opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string()));
+    let prov = Provenance {
+        name,
+        base_model: state.as_ref().map_or_else(|| source.display().to_string(), |s| s.source.clone()),
+        recipe: match &state {
+            Some(s) if trained => format!(
+                "Reckon {} for {} steps ({} tokens){}; s1 think format",
+                s.stage,
+                s.step,
+                s.tokens_seen,
+                s.lora.as_ref().map_or(String::new(), |l| format!(", LoRA r={} alpha={} on {:?}, merged", l.rank, l.alpha, l.targets))
+            ),
+            _ => "imported into Reckon's trainer, not trained".into(),
+        },
+        license: opts.license.clone(),
+    };
+    // The float file is ALL_F32; llama.cpp's quantizer sets the final type.
+    let meta = metadata(&src.config, &src.tok, &template, &prov, 0)?;
+    let data = tensors(&src.config, &src.tensors)?;
+    drop(src);
+    let dir = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if ftype == reckon::engine::quantize::file_type("f32")? {
+        gguf::write_file(&opts.out, &meta, &data).with_context(|| format!("writing {}", opts.out.display()))?;
+    } else {
+        let mut float = tempfile::Builder::new().prefix(".reckon-export-f32-").suffix(".gguf").tempfile_in(dir)?;
+        gguf::write(float.as_file_mut(), &meta, &data).context("writing the float GGUF")?;
+        float.as_file().sync_all()?;
+        drop(data);
+        let quant = tempfile::Builder::new().prefix(".reckon-export-").suffix(".gguf").tempfile_in(dir)?;
+        reckon::engine::quantize::quantize(float.path(), quant.path(), ftype, opts.threads)?;
+        // Check what llama.cpp wrote before it replaces anything.
+        gguf::GgufFile::open(quant.path()).context("the quantized file does not read back")?;
+        quant.persist(&opts.out).map_err(|e| e.error).with_context(|| format!("renaming into {}", opts.out.display()))?;
+    }
+    let bytes = std::fs::metadata(&opts.out)?.len();
+    Ok(ExportReport {
+        path: opts.out.clone(),
+        file_type: opts.file_type.to_ascii_lowercase(),
+        bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        metadata: meta.iter().map(|(k, v)| (k.clone(), json_of(v))).collect(),
+    })
+}
+
+/// Import a model (a GGUF the runtime uses, or an HF directory) as a step-0
+/// trainer checkpoint under `out`.
+pub fn import(source: &Path, out: &Path) -> Result<PathBuf> {
+    let src = weights::load(source)?;
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let model = crate::model::Qwen2::from_tensors(src.config.clone(), src.tensors, None, &mut rng, &candle_core::Device::Cpu)?;
+    let mut state = crate::checkpoint::TrainState {
+        step: 0,
+        optimizer_t: 0,
+        rng_seed: String::new(),
+        rng_word_pos: String::new(),
+        lora: None,
+        run_config: serde_json::Value::Null,
+        stage: "import".into(),
+        elapsed_s: 0.0,
+        tokens_seen: 0,
+        source: source.display().to_string(),
+        chat_template: src.chat_template,
+    };
+    state.set_rng(&rng);
+    crate::checkpoint::save(out, &model.config, &model.tensors(), &BTreeMap::new(), &state, &src.tok)
+}
