@@ -217,9 +217,32 @@ impl SftConfig {
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        return PathBuf::from(home).join(rest);
+    }
     if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let cfg = SftConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                assert!(!cfg.model.source.starts_with('~'), "~ is expanded");
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
     }
 }
