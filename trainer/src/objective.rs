@@ -1,0 +1,191 @@
+//! The GRPO policy objective: PPO's clipped ratio per token, an optional KL
+//! to a frozen reference, and the three aggregations the literature uses.
+//!
+//! Per generated token t of completion i (injected tokens are masked out):
+//!   r = exp(logπ − logπ_old)
+//!   ℓ = −min(r·A_i, clip(r, 1−ε, 1+ε_high)·A_i) + β·k3
+//!   k3 = exp(logπ_ref − logπ) − (logπ_ref − logπ) − 1   (Schulman's k3, ≥ 0)
+//! Aggregation:
+//!   grpo    — mean over completions of each one's token mean (DeepSeekMath, arXiv 2402.03300);
+//!   dapo    — sum over all active tokens / their count (DAPO, arXiv 2503.14476);
+//!   dr_grpo — sum over all active tokens / (completions × a constant length) (Dr. GRPO, arXiv 2503.20783).
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+/// How per-token losses become one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Per-sequence mean, then mean over sequences.
+    Grpo,
+    /// Token sum over all active tokens / their count.
+    Dapo,
+    /// Token sum / (sequences × `dr_grpo_length`).
+    DrGrpo,
+}
+
+/// Objective settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// Lower (and default upper) clip range ε.
+    pub epsilon: f64,
+    /// Upper clip range (DAPO's clip-higher); `None` means ε.
+    #[serde(default)]
+    pub epsilon_high: Option<f64>,
+    /// KL coefficient β (0: no reference model needed).
+    #[serde(default)]
+    pub beta: f64,
+    /// Aggregation.
+    pub aggregation: Aggregation,
+    /// Dr. GRPO's constant normalizer (e.g. the maximum completion length).
+    #[serde(default = "default_dr_len")]
+    pub dr_grpo_length: usize,
+}
+
+fn default_dr_len() -> usize {
+    1024
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        Self { epsilon: 0.2, epsilon_high: None, beta: 0.0, aggregation: Aggregation::Grpo, dr_grpo_length: 1024 }
+    }
+}
+
+/// The loss and what to log about it.
+pub struct Objective {
+    /// Scalar loss to minimize.
+    pub loss: Tensor,
+    /// Mean k3 KL over active tokens (0 without a reference).
+    pub kl: f64,
+    /// Share of active tokens whose ratio was clipped.
+    pub clip_fraction: f64,
+}
+
+/// The objective over a batch: `logp`, `old_logp`, `ref_logp` and `mask`
+/// are `[completions, len]`, `advantages` is `[completions]`.
+pub fn objective(
+    logp: &Tensor,
+    old_logp: &Tensor,
+    ref_logp: Option<&Tensor>,
+    advantages: &Tensor,
+    mask: &Tensor,
+    cfg: &ObjectiveConfig,
+) -> Result<Objective> {
+    let (b, _) = logp.dims2()?;
+    ensure!(advantages.dims1()? == b, "one advantage per completion");
+    let mask = mask.to_dtype(logp.dtype())?;
+    let adv = advantages.to_dtype(logp.dtype())?.unsqueeze(1)?;
+    let ratio = (logp - old_logp.detach())?.exp()?;
+    let hi = cfg.epsilon_high.unwrap_or(cfg.epsilon);
+    let clipped = ratio.clamp(1.0 - cfg.epsilon, 1.0 + hi)?;
+    let s1 = ratio.broadcast_mul(&adv)?;
+    let s2 = clipped.broadcast_mul(&adv)?;
+    let mut per_token = s1.minimum(&s2)?.neg()?;
+    let active = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut kl_mean = 0.0;
+    if let Some(r) = ref_logp {
+        let d = (r.detach() - logp)?;
+        let k3 = ((d.exp()? - &d)? - 1.0)?;
+        kl_mean = (&k3 * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / active.max(1.0);
+        if cfg.beta != 0.0 {
+            per_token = (per_token + (k3 * cfg.beta)?)?;
+        }
+    }
+    let masked = (per_token * &mask)?;
+    let loss = match cfg.aggregation {
+        Aggregation::Grpo => {
+            let per_seq = masked.sum(D::Minus1)?.broadcast_div(&mask.sum(D::Minus1)?.clamp(1.0, f64::MAX)?)?;
+            per_seq.mean_all()?
+        }
+        Aggregation::Dapo => (masked.sum_all()? / active.max(1.0))?,
+        Aggregation::DrGrpo => (masked.sum_all()? / (b * cfg.dr_grpo_length.max(1)) as f64)?,
+    };
+    // Clipped where the clip changed the objective: r beyond the range on
+    // the side the advantage pushes.
+    let (r, a, m): (Vec<Vec<f64>>, Vec<f64>, Vec<Vec<f64>>) = (
+        ratio.to_dtype(DType::F64)?.to_vec2()?,
+        advantages.to_dtype(DType::F64)?.to_vec1()?,
+        mask.to_dtype(DType::F64)?.to_vec2()?,
+    );
+    let mut clipped_n = 0.0;
+    for i in 0..b {
+        for (t, &ri) in r[i].iter().enumerate() {
+            if m[i][t] > 0.0 && ((a[i] > 0.0 && ri > 1.0 + hi) || (a[i] < 0.0 && ri < 1.0 - cfg.epsilon)) {
+                clipped_n += 1.0;
+            }
+        }
+    }
+    Ok(Objective { loss, kl: kl_mean, clip_fraction: clipped_n / active.max(1.0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn t2(v: &[[f64; 3]; 2]) -> Tensor {
+        Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    /// Two completions of 3 tokens; the second's last token was injected.
+    fn case(cfg: ObjectiveConfig) -> (f64, Vec<Vec<f64>>, Objective) {
+        let lp = Var::from_tensor(&t2(&[[-1.0, -0.5, -2.0], [-0.2, -1.5, -0.7]])).unwrap();
+        let old = t2(&[[-1.2, -0.5, -1.0], [-0.1, -1.0, -0.7]]);
+        let reference = t2(&[[-1.0, -0.4, -2.0], [-0.3, -1.5, -0.7]]);
+        let adv = Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
+        let mask = t2(&[[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]);
+        let o = objective(lp.as_tensor(), &old, Some(&reference), &adv, &mask, &cfg).unwrap();
+        let g = o.loss.backward().unwrap();
+        let grad = g.get(lp.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+        (o.loss.to_scalar::<f64>().unwrap(), grad, o)
+    }
+
+    // Hand computation, ε = 0.2, no KL:
+    // seq 0 (A = 1): r = e^0.2 = 1.2214 → clipped to 1.2 → −1.2; r = 1 → −1;
+    //   r = e^−1 = 0.3679 (below the range, but A > 0 so min keeps r·A) → −0.3679.
+    // seq 1 (A = −2): r = e^−0.1 = 0.9048 → −min(−1.8097, −1.8097) = 1.8097;
+    //   r = e^−0.5 = 0.6065 → clip 0.8: −min(−1.2131, −1.6) = 1.6; token 3 masked.
+    const L0: [f64; 3] = [-1.2, -1.0, -0.36787944117144233];
+    const L1: [f64; 2] = [1.8096748360719191, 1.6];
+
+    #[test]
+    fn grpo_aggregation_is_the_mean_of_sequence_means() {
+        let (loss, grad, o) = case(ObjectiveConfig { aggregation: Aggregation::Grpo, ..Default::default() });
+        let want = ((L0[0] + L0[1] + L0[2]) / 3.0 + (L1[0] + L1[1]) / 2.0) / 2.0;
+        assert!((loss - want).abs() < 1e-9, "{loss} vs {want}");
+        // Clipped tokens get no gradient; an unclipped one gets −r·A/(3·2).
+        assert_eq!(grad[0][0], 0.0);
+        assert!((grad[0][2] - (-(-1f64).exp() / 6.0)).abs() < 1e-9);
+        assert_eq!(grad[1][1], 0.0);
+        assert_eq!(grad[1][2], 0.0, "injected tokens get no gradient");
+        assert!((o.clip_fraction - 2.0 / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn dapo_and_dr_grpo_aggregations() {
+        let sum: f64 = L0.iter().sum::<f64>() + L1.iter().sum::<f64>();
+        let (loss, _, _) = case(ObjectiveConfig { aggregation: Aggregation::Dapo, ..Default::default() });
+        assert!((loss - sum / 5.0).abs() < 1e-9);
+        let (loss, _, _) = case(ObjectiveConfig { aggregation: Aggregation::DrGrpo, dr_grpo_length: 4, ..Default::default() });
+        assert!((loss - sum / 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn clip_higher_and_kl() {
+        // ε_high = 0.3 leaves token (0,0) unclipped: −e^0.2.
+        let (loss, _, _) = case(ObjectiveConfig { epsilon_high: Some(0.3), aggregation: Aggregation::Dapo, ..Default::default() });
+        let sum = -(0.2f64).exp() + L0[1] + L0[2] + L1[0] + L1[1];
+        assert!((loss - sum / 5.0).abs() < 1e-9);
+        // k3 with d = ref − logp: (0,1) d = 0.1, (1,0) d = −0.1; others 0.
+        let k3 = |d: f64| d.exp() - d - 1.0;
+        let (loss, _, o) = case(ObjectiveConfig { beta: 0.5, aggregation: Aggregation::Dapo, ..Default::default() });
+        let kl = k3(0.1) + k3(-0.1);
+        assert!((o.kl - kl / 5.0).abs() < 1e-12);
+        let sum: f64 = L0.iter().sum::<f64>() + L1.iter().sum::<f64>();
+        assert!((loss - (sum + 0.5 * kl) / 5.0).abs() < 1e-9);
+    }
+}
