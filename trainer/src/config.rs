@@ -246,3 +246,134 @@ mod tests {
         assert!(n >= 2);
     }
 }
+
+/// The GRPO configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoConfig {
+    /// The policy to start from (typically an SFT checkpoint).
+    pub model: ModelSection,
+    /// Train adapters (the KL reference is then the model with them off).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// `{question, answer}` JSONL (GSM8K lines work: gold after `####`).
+    pub data: GrpoData,
+    /// How completions are sampled and budget-forced.
+    #[serde(default)]
+    pub rollout: RolloutSection,
+    /// Reward weights and the length design.
+    #[serde(default)]
+    pub reward: RewardSection,
+    /// Clipping, KL, aggregation.
+    #[serde(default)]
+    pub objective: crate::objective::ObjectiveConfig,
+    /// Steps, prompts and seed.
+    #[serde(default)]
+    pub train: GrpoTrain,
+    /// AdamW and schedule.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Saving.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+/// `[data]` for GRPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoData {
+    /// Questions with gold answers.
+    pub train: PathBuf,
+    /// System prompt (the runtime's default).
+    #[serde(default = "default_system")]
+    pub system_prompt: String,
+}
+
+/// `[rollout]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSection {
+    /// Completions per prompt (G).
+    pub group_size: usize,
+    /// Temperature and nucleus.
+    pub sampling: crate::rollout::Sampling,
+    /// The budget forcing applied while sampling (the runtime's controller).
+    pub budget: reckon::BudgetConfig,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        Self { group_size: 8, sampling: Default::default(), budget: reckon::BudgetConfig { max_thinking_tokens: 256, max_answer_tokens: 32, ..Default::default() } }
+    }
+}
+
+/// `[reward]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardSection {
+    /// Component weights.
+    pub weights: crate::rewards::RewardWeights,
+    /// Length design.
+    pub length: crate::rewards::LengthPenalty,
+    /// Divide advantages by the group's standard deviation (GRPO); false is Dr. GRPO.
+    pub scale_by_std: bool,
+}
+
+impl Default for RewardSection {
+    fn default() -> Self {
+        Self { weights: Default::default(), length: crate::rewards::LengthPenalty::Kimi, scale_by_std: true }
+    }
+}
+
+/// `[train]` for GRPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoTrain {
+    /// Optimizer steps (each one batch of prompts).
+    pub steps: u64,
+    /// Prompts per step.
+    pub prompts_per_step: usize,
+    /// Optimizer updates per batch of rollouts (old log-probs kept).
+    pub num_iterations: usize,
+    /// Seeds prompts, sampling and dropout.
+    pub seed: u64,
+}
+
+impl Default for GrpoTrain {
+    fn default() -> Self {
+        Self { steps: 100, prompts_per_step: 4, num_iterations: 1, seed: 0 }
+    }
+}
+
+impl GrpoConfig {
+    /// Read, resolve paths, validate.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut cfg: GrpoConfig = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.data.train = resolve(base, &cfg.data.train);
+        if cfg.model.source != "tiny" {
+            cfg.model.source = resolve(base, Path::new(&cfg.model.source)).display().to_string();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every setting.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.model.source != "tiny", "model.source: GRPO starts from a trained model (an SFT checkpoint, a GGUF or an HF directory)");
+        if let Some(l) = &self.lora {
+            l.validate()?;
+        }
+        ensure!(self.rollout.group_size >= 2, "rollout.group_size must be at least 2 (advantages are relative to the group)");
+        ensure!(self.rollout.sampling.temperature >= 0.0, "rollout.sampling.temperature must be ≥ 0");
+        ensure!(self.rollout.sampling.top_p > 0.0 && self.rollout.sampling.top_p <= 1.0, "rollout.sampling.top_p must be in (0, 1]");
+        self.rollout.budget.validate().map_err(|e| anyhow::anyhow!("rollout.budget: {e}"))?;
+        ensure!(self.objective.epsilon > 0.0 && self.objective.epsilon < 1.0, "objective.epsilon must be in (0, 1)");
+        ensure!(self.objective.epsilon_high.is_none_or(|e| e > 0.0), "objective.epsilon_high must be positive");
+        ensure!(self.objective.beta >= 0.0, "objective.beta must be ≥ 0");
+        ensure!(self.train.steps > 0 && self.train.prompts_per_step > 0 && self.train.num_iterations > 0, "train.steps, prompts_per_step and num_iterations must be at least 1");
+        ensure!(self.checkpoint.every > 0 && self.checkpoint.keep_last > 0, "checkpoint.every and keep_last must be at least 1");
+        self.optim.validate()
+    }
+}

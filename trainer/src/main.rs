@@ -85,6 +85,27 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Reinforcement learning for token efficiency: GRPO with verifiable
+    /// rewards, a length term, and rollouts budget-forced by the runtime's
+    /// controller. Re-running resumes from the newest checkpoint.
+    Grpo {
+        /// TOML config ([model], [lora], [data], [rollout], [reward],
+        /// [objective], [train], [optim], [checkpoint]).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory: metrics.jsonl, curves.png, checkpoints/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Delete existing checkpoints and start over.
+        #[arg(long)]
+        fresh: bool,
+        /// Stop (with a checkpoint) after this many steps.
+        #[arg(long)]
+        stop_after: Option<u64>,
+        /// Print the per-step metrics of this run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build training data.
     Data {
         #[command(subcommand)]
@@ -172,6 +193,23 @@ fn run(cli: Cli) -> Result<()> {
                     o.metrics.last().map_or("-".into(), |m| format!("{:.4}", m.loss)),
                     o.checkpoint.as_ref().map_or("-".into(), |p| p.display().to_string()),
                     out.join("loss.png").display()
+                );
+            }
+        }
+        Cmd::Grpo { config, out, fresh, stop_after, json } => {
+            let cfg = reckon_trainer::config::GrpoConfig::load(&config)?;
+            let opts = train::RunOptions { out: out.clone(), fresh, stop_after, progress: !json };
+            let rows = reckon_trainer::grpo::run_grpo(&cfg, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if let Some(m) = rows.last() {
+                println!(
+                    "step {}: reward {:.3}, accuracy {:.2}, mean length {:.1} tokens; curves in {}",
+                    m.step,
+                    m.reward,
+                    m.accuracy,
+                    m.mean_length,
+                    out.join("curves.png").display()
                 );
             }
         }
