@@ -231,7 +231,10 @@ impl Qwen2 {
                 None => missing.push(name),
                 Some(t) => {
                     ensure!(t.dims() == shape.as_slice(), "tensor '{name}' has shape {:?}, the config needs {:?}", t.dims(), shape);
-                    let t = t.to_dtype(DType::F32)?.to_device(device)?;
+                    // Detached first, so the Var is always a copy: a model never
+                    // shares storage with another (a frozen reference would
+                    // otherwise move with the policy it was built beside).
+                    let t = t.to_dtype(DType::F32)?.to_device(device)?.detach();
                     weights.insert(name, Var::from_tensor(&t)?);
                 }
             }
@@ -258,8 +261,8 @@ impl Qwen2 {
                 };
                 ensure!(a.dims() == [cfg.rank, in_dim], "adapter '{a_name}' has shape {:?}, expected {:?}", a.dims(), [cfg.rank, in_dim]);
                 ensure!(b.dims() == [out_dim, cfg.rank], "adapter '{b_name}' has shape {:?}, expected {:?}", b.dims(), [out_dim, cfg.rank]);
-                adapters.insert(a_name, Var::from_tensor(&a.to_dtype(DType::F32)?.to_device(device)?)?);
-                adapters.insert(b_name, Var::from_tensor(&b.to_dtype(DType::F32)?.to_device(device)?)?);
+                adapters.insert(a_name, Var::from_tensor(&a.to_dtype(DType::F32)?.to_device(device)?.detach())?);
+                adapters.insert(b_name, Var::from_tensor(&b.to_dtype(DType::F32)?.to_device(device)?.detach())?);
             }
         }
         if let Some(name) = tensors.keys().next() {

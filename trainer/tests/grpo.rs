@@ -83,6 +83,23 @@ fn length_penalty_cuts_tokens_without_losing_accuracy() {
     let ck_without = reckon_trainer::checkpoint::list(&d.join("without/checkpoints")).unwrap().pop().unwrap().1;
     let (acc2, len2) = eval(&ck_without, &held_out);
     eprintln!("GRPO no length: accuracy {acc2:.3}, mean length {len2:.1}");
+    // Keep the figures (curves, metrics, table) where a person can look.
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpo-proof");
+    std::fs::create_dir_all(&keep).unwrap();
+    for run in ["with", "without"] {
+        std::fs::copy(d.join(run).join("curves.png"), keep.join(format!("curves-{run}-length.png"))).unwrap();
+        std::fs::copy(d.join(run).join("metrics.jsonl"), keep.join(format!("metrics-{run}-length.jsonl"))).unwrap();
+    }
+    std::fs::write(
+        keep.join("table.md"),
+        format!(
+            "| model | held-out accuracy | mean completion tokens |\n|---|---:|---:|\n| SFT (verbose traces) | {:.1}% | {len0:.1} |\n| + GRPO, Kimi length reward | {:.1}% | {len1:.1} |\n| + GRPO, no length term | {:.1}% | {len2:.1} |\n",
+            100.0 * acc0,
+            100.0 * acc1,
+            100.0 * acc2
+        ),
+    )
+    .unwrap();
     let png = std::fs::read(d.join("with/curves.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
     let m: Vec<GrpoMetrics> = read_metrics(&d.join("with/metrics.jsonl")).unwrap();
@@ -91,4 +108,91 @@ fn length_penalty_cuts_tokens_without_losing_accuracy() {
     assert!(len1 <= 0.7 * len0, "length fell only from {len0:.1} to {len1:.1}");
     assert!(acc1 >= acc0 - 0.05, "accuracy fell from {acc0:.3} to {acc1:.3}");
     assert!(len2 > 0.85 * len0, "without the penalty length fell too: {len0:.1} → {len2:.1}");
+}
+
+fn quick_sft(dir: &Path) -> PathBuf {
+    let data = dir.join("v.jsonl");
+    common::write_sft(&data, &synth::single_digit_sums(64, 8, true));
+    let cfg = dir.join("q.toml");
+    std::fs::write(
+        &cfg,
+        format!("[model]\nsource = \"tiny\"\n[data]\ntrain = \"{}\"\nmax_seq_len = 256\nsystem_prompt = \"\"\n[train]\nsteps = 40\nbatch_size = 8\ngrad_accum = 1\nseed = 1\n[optim]\nlr = 3e-3\n[checkpoint]\nevery = 40\n", data.display()),
+    )
+    .unwrap();
+    run_sft(&SftConfig::load(&cfg).unwrap(), &RunOptions { out: dir.join("q"), ..Default::default() }).unwrap().checkpoint.unwrap()
+}
+
+#[test]
+fn grpo_resumes_exactly_and_masks_injected_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sft = quick_sft(d);
+    let train = d.join("p.jsonl");
+    write_problems(&train, &problems(16, 3));
+    // KL to the frozen start and two iterations per batch: every moving part.
+    let cfg_path = grpo_config(d, "r", &sft, &train, "{ kind = \"linear\", per_token = 0.01 }");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("steps = 30\nprompts_per_step = 4\nnum_iterations = 1", "steps = 4\nprompts_per_step = 2\nnum_iterations = 2")
+        .replace("epsilon = 0.2\n", "epsilon = 0.2\nbeta = 0.05\n")
+        .replace("[checkpoint]\nevery = 100", "[checkpoint]\nevery = 2");
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap();
+    let whole = run_grpo(&cfg, &RunOptions { out: d.join("whole"), ..Default::default() }).unwrap();
+    run_grpo(&cfg, &RunOptions { out: d.join("split"), stop_after: Some(1), ..Default::default() }).unwrap();
+    run_grpo(&cfg, &RunOptions { out: d.join("split"), ..Default::default() }).unwrap();
+    let split: Vec<GrpoMetrics> = read_metrics(&d.join("split/metrics.jsonl")).unwrap();
+    assert_eq!(whole.len(), 4);
+    let whole: Vec<GrpoMetrics> = read_metrics(&d.join("whole/metrics.jsonl")).unwrap();
+    assert_eq!(split.len(), 4);
+    for (a, b) in whole.iter().zip(&split) {
+        assert_eq!((a.reward.to_bits(), a.mean_length.to_bits(), a.grad_norm.to_bits(), a.kl.to_bits()), (b.reward.to_bits(), b.mean_length.to_bits(), b.grad_norm.to_bits(), b.kl.to_bits()), "step {}", a.step);
+    }
+    assert!(whole.iter().any(|m| m.kl > 0.0), "the KL term is measured");
+
+    // A cap of 6 thinking tokens forces the end: the delimiter and
+    // "Final Answer:" are injected, recorded as such, and excluded from the
+    // generated count (so they get no policy gradient).
+    let src = weights::load(&sft).unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let model = Qwen2::from_tensors(src.config, src.tensors, None, &mut rng, &candle_core::Device::Cpu).unwrap();
+    let budget = reckon::BudgetConfig { min_thinking_tokens: 0, max_thinking_tokens: 6, max_answer_tokens: 8, max_extensions: None, max_thinking_ms: None };
+    let prompt = reckon_trainer::data::prompt_tokens(&src.tok, "", &problems(1, 9)[0].question).unwrap();
+    let pieces = reckon_trainer::rollout::Pieces::new(&src.tok);
+    let delims = reckon_trainer::rollout::s1_delimiters(&src.tok).unwrap();
+    let greedy = reckon_trainer::rollout::Sampling { temperature: 0.0, top_p: 1.0 };
+    let r = reckon_trainer::rollout::rollout(&model, &pieces, &delims, &budget, &prompt, &greedy, &mut rng).unwrap();
+    assert_eq!(r.think_end, Some(reckon::budget::ThinkEnd::TokenCap));
+    assert!(r.answer.contains("Final Answer:"), "{:?}", r.answer);
+    let injected = r.generated.iter().filter(|g| !**g).count();
+    assert!(injected >= delims.close.len() + delims.answer_prefix.len(), "injected tokens recorded: {injected}");
+    assert!(r.generated[..6].iter().all(|g| *g), "the first 6 thinking tokens are the model's");
+    assert_eq!(r.generated_tokens + injected, r.tokens.len());
+}
+
+#[test]
+fn bad_grpo_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = d.join("p.jsonl");
+    write_problems(&train, &problems(4, 1));
+    let base = grpo_config(d, "b", Path::new("/nonexistent/ckpt"), &train, "{ kind = \"none\" }");
+    let text = std::fs::read_to_string(&base).unwrap();
+    for (from, to, needle) in [
+        ("group_size = 8", "group_size = 1", "group_size"),
+        ("epsilon = 0.2", "epsilon = 1.5", "epsilon"),
+        ("{ kind = \"none\" }", "{ kind = \"shortest\" }", "shortest"),
+        ("min_thinking_tokens = 0", "min_thinking_tokens = 200", "rollout.budget"),
+    ] {
+        std::fs::write(&base, text.replace(from, to)).unwrap();
+        let e = format!("{:#}", reckon_trainer::config::GrpoConfig::load(&base).err().expect(to));
+        assert!(e.contains(needle), "{to}: {e}");
+    }
+    std::fs::write(&base, &text).unwrap();
+    let cfg = reckon_trainer::config::GrpoConfig::load(&base).unwrap();
+    let e = format!("{:#}", run_grpo(&cfg, &RunOptions { out: d.join("o"), ..Default::default() }).err().unwrap());
+    assert!(e.contains("/nonexistent/ckpt"), "{e}");
+    std::fs::write(&train, "{\"question\": \"q\"}\n").unwrap();
+    let e = format!("{:#}", run_grpo(&cfg, &RunOptions { out: d.join("o"), ..Default::default() }).err().unwrap());
+    assert!(e.contains("p.jsonl:1"), "{e}");
 }
