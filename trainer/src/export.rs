@@ -133,7 +133,7 @@ pub fn metadata(config: &Qwen2Config, tok: &Tok, chat_template: &str, prov: &Pro
 }
 
 /// The weights as F32 GGUF tensors (ggml dimension order), tied models
-/// without `output.weight`.
+/// without `output.weight`, layer by layer.
 pub fn tensors(config: &Qwen2Config, weights: &BTreeMap<String, Tensor>) -> Result<Vec<TensorData>> {
     let mut out = Vec::new();
     for (name, shape) in config.weight_shapes() {

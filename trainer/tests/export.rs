@@ -298,14 +298,34 @@ fn default_model_round_trips_through_the_trainer() {
     export(&ck, &opts(&q4, "q4_k_m")).unwrap();
     let ours = GgufFile::open(&q4).unwrap();
     let theirs = GgufFile::open(&original).unwrap();
+    // llama.cpp's Q4_K_M recipe gives `attn_v` and `ffn_down` of some
+    // layers more bits: use_more_bits(i, n) = i < n/8 || i >= 7n/8 ||
+    // (i - n/8) % 3 == 2 (llama-quant.cpp). The vendored llama.cpp walks
+    // tensors in layer order (its loader sorts blk.N numerically); the
+    // published file was quantized by an older llama.cpp whose loader sorted
+    // names as strings (blk.10 before blk.2), so its i is the layer's
+    // position in that order. Everything else must be identical.
+    let n = 24usize;
+    let more = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+    let mut alpha: Vec<usize> = (0..n).collect();
+    alpha.sort_by_key(|l| l.to_string());
     let mut diffs = Vec::new();
     for t in &theirs.tensors {
         let mine = ours.tensors.iter().find(|x| x.name == t.name).unwrap_or_else(|| panic!("{} missing", t.name));
         assert_eq!(mine.dims, t.dims, "{}", t.name);
+        let layer: Option<usize> = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+        let bumped = t.name.contains("attn_v.weight") || t.name.contains("ffn_down.weight");
+        if let (Some(l), true) = (layer, bumped) {
+            let (base, up) = if t.name.contains("attn_v") { (6u32, 8u32) } else { (12, 14) }; // Q5_0/Q8_0 (896-wide fallback), Q4_K/Q6_K
+            let pos = alpha.iter().position(|&x| x == l).unwrap();
+            assert_eq!(mine.ggml_type, if more(l) { up } else { base }, "{}: ours follows the recipe by layer index", t.name);
+            assert_eq!(t.ggml_type, if more(pos) { up } else { base }, "{}: the original follows it by string-sorted position", t.name);
+        } else {
+            assert_eq!(mine.ggml_type, t.ggml_type, "{}", t.name);
+        }
         if mine.ggml_type != t.ggml_type {
-            diffs.push(format!("{}: {} vs original {}", t.name, reckon::gguf::type_name(mine.ggml_type), reckon::gguf::type_name(t.ggml_type)));
+            diffs.push(t.name.clone());
         }
     }
-    eprintln!("Q4_K_M tensor types differing from the original: {}/{} {diffs:?}", diffs.len(), theirs.tensors.len());
-    assert!(diffs.is_empty(), "{diffs:?}");
+    eprintln!("Q4_K_M tensor types differing from the original: {}/{} (attn_v/ffn_down layer choice only)", diffs.len(), theirs.tensors.len());
 }
