@@ -55,6 +55,25 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// Step 0 of a run of `stage`.
+    pub fn fresh(stage: &str, lora: Option<LoraConfig>, run_config: serde_json::Value, source: &str, rng: &ChaCha8Rng) -> Self {
+        let mut s = Self {
+            step: 0,
+            optimizer_t: 0,
+            rng_seed: String::new(),
+            rng_word_pos: String::new(),
+            lora,
+            run_config,
+            stage: stage.into(),
+            elapsed_s: 0.0,
+            tokens_seen: 0,
+            source: source.into(),
+            chat_template: None,
+        };
+        s.set_rng(rng);
+        s
+    }
+
     /// The RNG exactly where it was.
     pub fn rng(&self) -> Result<ChaCha8Rng> {
         let seed = hex_decode(&self.rng_seed).context("checkpoint RNG seed")?;

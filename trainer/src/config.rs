@@ -178,13 +178,8 @@ impl Default for CheckpointSection {
 impl SftConfig {
     /// Read, resolve relative paths against the file's directory, validate.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut cfg: SftConfig = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.data.train = resolve(base, &cfg.data.train);
-        if cfg.model.source != "tiny" {
-            cfg.model.source = resolve(base, Path::new(&cfg.model.source)).display().to_string();
-        }
+        let (mut cfg, base): (SftConfig, PathBuf) = read_toml(path)?;
+        cfg.model.resolve(&base, &mut cfg.data.train);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -213,6 +208,23 @@ impl SftConfig {
         ensure!(self.checkpoint.every > 0, "checkpoint.every must be at least 1");
         ensure!(self.checkpoint.keep_last > 0, "checkpoint.keep_last must be at least 1");
         self.optim.validate()
+    }
+}
+
+/// Parse a TOML config; also returns the directory relative paths start from.
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, PathBuf)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let cfg = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+    Ok((cfg, path.parent().unwrap_or(Path::new(".")).to_path_buf()))
+}
+
+impl ModelSection {
+    /// Make `source` (`tiny` stays as it is) and the data path absolute.
+    fn resolve(&mut self, base: &Path, data: &mut PathBuf) {
+        *data = resolve(base, data);
+        if self.source != "tiny" {
+            self.source = resolve(base, Path::new(&self.source)).display().to_string();
+        }
     }
 }
 
@@ -353,13 +365,8 @@ impl Default for GrpoTrain {
 impl GrpoConfig {
     /// Read, resolve paths, validate.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut cfg: GrpoConfig = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.data.train = resolve(base, &cfg.data.train);
-        if cfg.model.source != "tiny" {
-            cfg.model.source = resolve(base, Path::new(&cfg.model.source)).display().to_string();
-        }
+        let (mut cfg, base): (GrpoConfig, PathBuf) = read_toml(path)?;
+        cfg.model.resolve(&base, &mut cfg.data.train);
         cfg.validate()?;
         Ok(cfg)
     }

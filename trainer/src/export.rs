@@ -227,19 +227,7 @@ pub fn import(source: &Path, out: &Path) -> Result<PathBuf> {
     let src = weights::load(source)?;
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let model = crate::model::Qwen2::from_tensors(src.config.clone(), src.tensors, None, &mut rng, &candle_core::Device::Cpu)?;
-    let mut state = crate::checkpoint::TrainState {
-        step: 0,
-        optimizer_t: 0,
-        rng_seed: String::new(),
-        rng_word_pos: String::new(),
-        lora: None,
-        run_config: serde_json::Value::Null,
-        stage: "import".into(),
-        elapsed_s: 0.0,
-        tokens_seen: 0,
-        source: source.display().to_string(),
-        chat_template: src.chat_template,
-    };
-    state.set_rng(&rng);
+    let mut state = crate::checkpoint::TrainState::fresh("import", None, serde_json::Value::Null, &source.display().to_string(), &rng);
+    state.chat_template = src.chat_template;
     crate::checkpoint::save(out, &model.config, &model.tensors(), &BTreeMap::new(), &state, &src.tok)
 }

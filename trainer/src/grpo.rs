@@ -24,7 +24,7 @@ use crate::plot::{curves, Panel};
 use crate::rewards::{advantages, group_rewards, Completion};
 use crate::rollout::{rollout, s1_delimiters, Pieces, Rollout, Sampling};
 use crate::tokenizer::Tok;
-use crate::train::{accumulate, append_metrics, checkpoint_root, compute_dtype, device, progress_bar, read_metrics, write_metrics, RunOptions, TrainError};
+use crate::train::{accumulate, append_metrics, checkpoint_root, compute_dtype, device, progress_bar, read_metrics, save_if_due, write_metrics, RunOptions, TrainError};
 use crate::weights;
 
 /// A question with its gold answer.
@@ -138,20 +138,7 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
         None => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
             let model = Qwen2::from_tensors(src.config.clone(), base_tensors.clone(), cfg.lora.clone(), &mut rng, &dev)?;
-            let mut state = TrainState {
-                step: 0,
-                optimizer_t: 0,
-                rng_seed: String::new(),
-                rng_word_pos: String::new(),
-                lora: cfg.lora.clone(),
-                run_config: run_config.clone(),
-                stage: "grpo".into(),
-                elapsed_s: 0.0,
-                tokens_seen: 0,
-                source: cfg.model.source.clone(),
-                chat_template: None,
-            };
-            state.set_rng(&rng);
+            let state = TrainState::fresh("grpo", cfg.lora.clone(), run_config.clone(), &cfg.model.source, &rng);
             (model, src.tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
     };
@@ -281,11 +268,8 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
         run.push(m);
         steps_now += 1;
         let stopping = opts.stop_after.is_some_and(|k| steps_now >= k);
-        if state.step % cfg.checkpoint.every == 0 || state.step == cfg.train.steps || stopping {
-            state.optimizer_t = opt.t;
-            state.set_rng(&rng);
-            last_ckpt = Some(checkpoint::save(&ckpt_root, &model.config, &model.tensors(), &opt.state_tensors(), &state, &tok)?);
-            checkpoint::prune(&ckpt_root, cfg.checkpoint.keep_last)?;
+        if let Some(p) = save_if_due(&ckpt_root, &cfg.checkpoint, cfg.train.steps, stopping, &mut state, &model, &opt, &rng, &tok)? {
+            last_ckpt = Some(p);
         }
         if stopping {
             break;

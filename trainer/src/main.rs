@@ -28,23 +28,7 @@ enum Cmd {
     ///
     /// Re-running the same command resumes from the newest checkpoint in
     /// --out (verified by checksum) and continues exactly where it stopped.
-    Sft {
-        /// TOML config (see trainer/configs/ for documented examples).
-        #[arg(long)]
-        config: PathBuf,
-        /// Output directory: metrics.jsonl, loss.png, checkpoints/.
-        #[arg(long)]
-        out: PathBuf,
-        /// Delete existing checkpoints and start over.
-        #[arg(long)]
-        fresh: bool,
-        /// Stop (with a checkpoint) after this many steps; run again to go on.
-        #[arg(long)]
-        stop_after: Option<u64>,
-        /// Print the outcome as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Sft(RunArgs),
     /// Export a checkpoint (LoRA merged), HF directory or GGUF to a GGUF for
     /// the runtime and llama.cpp, quantized by llama.cpp's own quantizer.
     Export {
@@ -88,24 +72,7 @@ enum Cmd {
     /// Reinforcement learning for token efficiency: GRPO with verifiable
     /// rewards, a length term, and rollouts budget-forced by the runtime's
     /// controller. Re-running resumes from the newest checkpoint.
-    Grpo {
-        /// TOML config ([model], [lora], [data], [rollout], [reward],
-        /// [objective], [train], [optim], [checkpoint]).
-        #[arg(long)]
-        config: PathBuf,
-        /// Output directory: metrics.jsonl, curves.png, checkpoints/.
-        #[arg(long)]
-        out: PathBuf,
-        /// Delete existing checkpoints and start over.
-        #[arg(long)]
-        fresh: bool,
-        /// Stop (with a checkpoint) after this many steps.
-        #[arg(long)]
-        stop_after: Option<u64>,
-        /// Print the per-step metrics of this run as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Grpo(RunArgs),
     /// Build training data.
     Data {
         #[command(subcommand)]
@@ -138,6 +105,32 @@ enum Cmd {
     },
 }
 
+/// What `sft` and `grpo` take.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config (trainer/configs/ has documented examples of both).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output directory: metrics.jsonl, the plot, checkpoints/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Delete existing checkpoints and start over.
+    #[arg(long)]
+    fresh: bool,
+    /// Stop (with a checkpoint) after this many steps; run again to go on.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn options(&self) -> train::RunOptions {
+        train::RunOptions { out: self.out.clone(), fresh: self.fresh, stop_after: self.stop_after, progress: !self.json }
+    }
+}
+
 #[derive(Subcommand)]
 enum DataCmd {
     /// GSM8K lines ({question, answer with #### N}) to SFT records: the worked
@@ -168,10 +161,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Sft { config, out, fresh, stop_after, json } => {
-            let cfg = SftConfig::load(&config)?;
-            let opts = train::RunOptions { out: out.clone(), fresh, stop_after, progress: !json };
-            let o = train::run_sft(&cfg, &opts)?;
+        Cmd::Sft(args) => {
+            let cfg = SftConfig::load(&args.config)?;
+            let o = train::run_sft(&cfg, &args.options())?;
+            let (out, json) = (args.out, args.json);
             if json {
                 println!(
                     "{}",
@@ -196,11 +189,11 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Grpo { config, out, fresh, stop_after, json } => {
-            let cfg = reckon_trainer::config::GrpoConfig::load(&config)?;
-            let opts = train::RunOptions { out: out.clone(), fresh, stop_after, progress: !json };
-            let rows = reckon_trainer::grpo::run_grpo(&cfg, &opts)?;
-            if json {
+        Cmd::Grpo(args) => {
+            let cfg = reckon_trainer::config::GrpoConfig::load(&args.config)?;
+            let rows = reckon_trainer::grpo::run_grpo(&cfg, &args.options())?;
+            let out = args.out;
+            if args.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if let Some(m) = rows.last() {
                 println!(

@@ -183,20 +183,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
                 let src = weights::load(Path::new(&cfg.model.source))?;
                 (Qwen2::from_tensors(src.config, src.tensors, cfg.lora.clone(), &mut rng, &device)?, src.tok)
             };
-            let mut state = TrainState {
-                step: 0,
-                optimizer_t: 0,
-                rng_seed: String::new(),
-                rng_word_pos: String::new(),
-                lora: cfg.lora.clone(),
-                run_config: run_config.clone(),
-                stage: "sft".into(),
-                elapsed_s: 0.0,
-                tokens_seen: 0,
-                source: cfg.model.source.clone(),
-                chat_template: None,
-            };
-            state.set_rng(&rng);
+            let state = TrainState::fresh("sft", cfg.lora.clone(), run_config.clone(), &cfg.model.source, &rng);
             (model, tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
     };
@@ -263,11 +250,8 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
         run.push(m);
         steps_now += 1;
         let stopping = opts.stop_after.is_some_and(|n| steps_now >= n);
-        if state.step % cfg.checkpoint.every == 0 || state.step == cfg.train.steps || stopping {
-            state.optimizer_t = opt.t;
-            state.set_rng(&rng);
-            last_ckpt = Some(checkpoint::save(&ckpt_root, &model.config, &model.tensors(), &opt.state_tensors(), &state, &tok)?);
-            checkpoint::prune(&ckpt_root, cfg.checkpoint.keep_last)?;
+        if let Some(p) = save_if_due(&ckpt_root, &cfg.checkpoint, cfg.train.steps, stopping, &mut state, &model, &opt, &rng, &tok)? {
+            last_ckpt = Some(p);
         }
         if stopping {
             break;
@@ -277,6 +261,30 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
     let all: Vec<StepMetrics> = read_metrics(&metrics_path)?;
     plot_sft(&opts.out.join("loss.png"), &all)?;
     Ok(Outcome { step: state.step, resumed_from, metrics: run, checkpoint: last_ckpt, data: stats })
+}
+
+/// Save a checkpoint when one is due (every `ck.every` steps, at the last
+/// step, or when stopping early) and prune old ones; returns its directory.
+#[allow(clippy::too_many_arguments)]
+pub fn save_if_due(
+    root: &Path,
+    ck: &crate::config::CheckpointSection,
+    total_steps: u64,
+    stopping: bool,
+    state: &mut TrainState,
+    model: &Qwen2,
+    opt: &AdamW,
+    rng: &ChaCha8Rng,
+    tok: &Tok,
+) -> Result<Option<PathBuf>> {
+    if state.step % ck.every != 0 && state.step != total_steps && !stopping {
+        return Ok(None);
+    }
+    state.optimizer_t = opt.t;
+    state.set_rng(rng);
+    let dir = checkpoint::save(root, &model.config, &model.tensors(), &opt.state_tensors(), state, tok)?;
+    checkpoint::prune(root, ck.keep_last)?;
+    Ok(Some(dir))
 }
 
 /// Add this backward pass's gradients of `params` into `acc`.
