@@ -238,6 +238,12 @@ pub fn verify(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Only the step, RNG and provenance of the checkpoint at `dir` (no
+/// verification, no tensors: for callers that already loaded it).
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).with_context(|| format!("checkpoint {}: state.json", dir.display()))
+}
+
 /// Load and verify the checkpoint at `dir`.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     verify(dir)?;
@@ -247,7 +253,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             .into_iter()
             .collect())
     };
-    let state: TrainState = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).context("checkpoint state.json")?;
+    let state = read_state(dir)?;
     let model_config: Qwen2Config = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).context("checkpoint config.json")?;
     Ok(Checkpoint {
         dir: dir.to_path_buf(),

@@ -170,7 +170,9 @@ pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
         bail!("{} already exists (pass --force to overwrite)", opts.out.display());
     }
     let src = weights::load(source)?;
-    let state = if source.join("manifest.json").is_file() { Some(crate::checkpoint::load(source)?.state) } else { None };
+    // weights::load verified the checkpoint; read its state without loading
+    // (and hashing) every tensor a second time.
+    let state = if source.join("manifest.json").is_file() { Some(crate::checkpoint::read_state(source)?) } else { None };
     let trained = state.as_ref().is_some_and(|s| s.stage != "import");
     let template = match (&src.chat_template, trained) {
         (Some(t), false) => t.clone(),
