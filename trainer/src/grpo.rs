@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +24,7 @@ use crate::plot::{curves, Panel};
 use crate::rewards::{advantages, group_rewards, Completion};
 use crate::rollout::{rollout, s1_delimiters, Pieces, Rollout, Sampling};
 use crate::tokenizer::Tok;
-use crate::train::{accumulate, append_metrics, checkpoint_root, compute_dtype, device, progress_bar, read_metrics, save_if_due, write_metrics, RunOptions, TrainError};
+use crate::train::{accumulate, append_metrics, compute_dtype, device, prepare_out, progress_bar, read_metrics, resume, save_if_due, write_metrics, RunOptions, TrainError};
 use crate::weights;
 
 /// A question with its gold answer.
@@ -117,24 +117,12 @@ pub fn evaluate(model: &Qwen2, tok: &Tok, system: &str, problems: &[Problem], bu
 pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>> {
     let dev = device(&cfg.model.device)?;
     let problems = read_problems(&cfg.data.train)?;
-    let ckpt_root = checkpoint_root(&opts.out);
-    if opts.fresh && ckpt_root.exists() {
-        std::fs::remove_dir_all(&ckpt_root)?;
-    }
-    std::fs::create_dir_all(&opts.out)?;
+    let ckpt_root = prepare_out(opts)?;
     let run_config = serde_json::to_value(cfg)?;
     let src = weights::load(Path::new(&cfg.model.source))?;
     let base_tensors = src.tensors;
-    let (mut model, tok, mut opt, mut rng, mut state) = match checkpoint::latest(&ckpt_root)? {
-        Some(ck) => {
-            if ck.state.run_config != run_config {
-                bail!("{} holds a run with different settings; resume with the same config, or pass --fresh", opts.out.display());
-            }
-            let mut rng = ck.state.rng()?;
-            let model = Qwen2::from_tensors(ck.model_config.clone(), ck.tensors, ck.state.lora.clone(), &mut rng, &dev)?;
-            let o = ck.optimizer.into_iter().map(|(k, v)| Ok((k, v.to_device(&dev)?))).collect::<Result<_>>()?;
-            (model, ck.tok, AdamW::restore(cfg.optim.clone(), o, ck.state.optimizer_t)?, rng, ck.state)
-        }
+    let (mut model, tok, mut opt, mut rng, mut state) = match resume(&ckpt_root, &run_config, &cfg.optim, &dev, &opts.out)? {
+        Some(r) => r,
         None => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
             let model = Qwen2::from_tensors(src.config.clone(), base_tensors.clone(), cfg.lora.clone(), &mut rng, &dev)?;

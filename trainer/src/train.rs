@@ -151,28 +151,11 @@ fn source_texts(records: &[SftRecord]) -> Vec<String> {
 pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
     let device = device(&cfg.model.device)?;
     let records: Vec<SftRecord> = data::read_jsonl(&cfg.data.train)?;
-    let ckpt_root = checkpoint_root(&opts.out);
-    if opts.fresh && ckpt_root.exists() {
-        std::fs::remove_dir_all(&ckpt_root)?;
-    }
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let ckpt_root = prepare_out(opts)?;
     let run_config = serde_json::to_value(cfg)?;
 
-    let (mut model, tok, mut opt, mut rng, mut state) = match checkpoint::latest(&ckpt_root)? {
-        Some(ck) => {
-            if ck.state.run_config != run_config {
-                bail!(
-                    "{} holds a run with different settings; resume with the same config, or pass --fresh to start over",
-                    opts.out.display()
-                );
-            }
-            log::info!("resuming from {} (step {})", ck.dir.display(), ck.state.step);
-            let mut rng = ck.state.rng()?;
-            let model = Qwen2::from_tensors(ck.model_config.clone(), ck.tensors, ck.state.lora.clone(), &mut rng, &device)?;
-            let optimizer = ck.optimizer.into_iter().map(|(k, v)| Ok((k, v.to_device(&device)?))).collect::<Result<_>>()?;
-            let opt = AdamW::restore(cfg.optim.clone(), optimizer, ck.state.optimizer_t)?;
-            (model, ck.tok, opt, rng, ck.state)
-        }
+    let (mut model, tok, mut opt, mut rng, mut state) = match resume(&ckpt_root, &run_config, &cfg.optim, &device, &opts.out)? {
+        Some(r) => r,
         None => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
             let (model, tok) = if cfg.model.source == "tiny" {
@@ -261,6 +244,36 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
     let all: Vec<StepMetrics> = read_metrics(&metrics_path)?;
     plot_sft(&opts.out.join("loss.png"), &all)?;
     Ok(Outcome { step: state.step, resumed_from, metrics: run, checkpoint: last_ckpt, data: stats })
+}
+
+/// What a resumed run continues with.
+pub type Resumed = (Qwen2, Tok, AdamW, ChaCha8Rng, TrainState);
+
+/// Create the output directory (with `--fresh`, drop its checkpoints);
+/// returns the checkpoint root.
+pub fn prepare_out(opts: &RunOptions) -> Result<PathBuf> {
+    let root = checkpoint_root(&opts.out);
+    if opts.fresh && root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    Ok(root)
+}
+
+/// The newest verified checkpoint under `root` as a model, tokenizer,
+/// optimizer, RNG and state; `None` when there is none. A checkpoint of a
+/// run with other settings is an error.
+pub fn resume(root: &Path, run_config: &serde_json::Value, optim: &crate::config::OptimConfig, device: &Device, out: &Path) -> Result<Option<Resumed>> {
+    let Some(ck) = checkpoint::latest(root)? else { return Ok(None) };
+    if &ck.state.run_config != run_config {
+        bail!("{} holds a run with different settings; resume with the same config, or pass --fresh to start over", out.display());
+    }
+    log::info!("resuming from {} (step {})", ck.dir.display(), ck.state.step);
+    let mut rng = ck.state.rng()?;
+    let model = Qwen2::from_tensors(ck.model_config.clone(), ck.tensors, ck.state.lora.clone(), &mut rng, device)?;
+    let moments = ck.optimizer.into_iter().map(|(k, v)| Ok((k, v.to_device(device)?))).collect::<Result<_>>()?;
+    let opt = AdamW::restore(optim.clone(), moments, ck.state.optimizer_t)?;
+    Ok(Some((model, ck.tok, opt, rng, ck.state)))
 }
 
 /// Save a checkpoint when one is due (every `ck.every` steps, at the last
