@@ -39,6 +39,14 @@ pub enum ReckonError {
         /// Why.
         reason: String,
     },
+    /// A LoRA adapter file that cannot be applied to the model.
+    #[error("cannot apply LoRA adapter {path}: {reason}")]
+    InvalidAdapter {
+        /// The adapter file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The question is empty or only whitespace.
     #[error("the question is empty")]
     EmptyQuestion,

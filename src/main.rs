@@ -127,12 +127,25 @@ struct ModelArgs {
     /// Largest context to allocate, in tokens (default: the model's).
     #[arg(long)]
     ctx: Option<u32>,
+    /// A GGUF LoRA adapter to apply on top of the model (written by
+    /// `reckon-train export --adapter`; its think format is used).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Adapter strength: 1.0 as trained, 0.0 off.
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
 }
 
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<Engine> {
         let path = self.model.clone().unwrap_or_else(models::default_model_path);
-        let options = EngineOptions { format: self.format, max_context: self.ctx, ..EngineOptions::default() };
+        let options = EngineOptions {
+            format: self.format,
+            max_context: self.ctx,
+            adapter: self.adapter.clone(),
+            adapter_scale: self.adapter_scale,
+            ..EngineOptions::default()
+        };
         Ok(Engine::load(&path, options)?)
     }
 }

@@ -72,7 +72,7 @@ impl From<reckon::ReckonError> for ReckonError {
         let reason = e.to_string();
         match e {
             E::ModelNotFound(_) => ReckonError::ModelNotFound { reason },
-            E::ModelIsDirectory(_) | E::InvalidModel { .. } | E::UnsupportedArchitecture { .. } | E::ModelLoad { .. } => {
+            E::ModelIsDirectory(_) | E::InvalidModel { .. } | E::UnsupportedArchitecture { .. } | E::ModelLoad { .. } | E::InvalidAdapter { .. } => {
                 ReckonError::InvalidModel { reason }
             }
             E::EmptyQuestion | E::InvalidBudget(_) | E::InvalidOption(_) => ReckonError::InvalidInput { reason },
@@ -146,6 +146,13 @@ pub struct EngineOptions {
     /// Layers offloaded to a GPU (Metal on iOS, CUDA builds); 0 = CPU.
     #[uniffi(default = 0)]
     pub gpu_layers: u32,
+    /// A GGUF LoRA adapter file applied on top of the model (a fine-tune
+    /// downloaded as a few megabytes); `InvalidModel` if it does not fit.
+    #[uniffi(default = None)]
+    pub adapter_path: Option<String>,
+    /// The adapter's strength: 1.0 as trained.
+    #[uniffi(default = 1.0)]
+    pub adapter_scale: f32,
 }
 
 /// Budget and sampling for one solve.
@@ -485,6 +492,8 @@ impl Engine {
                 format: options.format.map(Into::into),
                 max_context: options.max_context,
                 gpu_layers: options.gpu_layers,
+                adapter: options.adapter_path.map(Into::into),
+                adapter_scale: options.adapter_scale,
             };
             let inner = reckon::Engine::load(&model_path, core)?;
             Ok(Arc::new(Self { inner }))

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use serde::{Deserialize, Serialize};
 
 pub use sampling::SamplingConfig;
@@ -65,11 +65,24 @@ pub struct EngineOptions {
     /// Upper bound on a solve's context, in tokens (phones: save memory).
     /// `None`: the model's training context.
     pub max_context: Option<u32>,
+    /// A GGUF LoRA adapter (`reckon-train export --adapter`) that llama.cpp
+    /// applies on top of the model's weights: a fine-tune shipped as a few
+    /// megabytes instead of a whole model. Its chat template, when it has
+    /// one, replaces the model's (the think format it was trained on).
+    pub adapter: Option<PathBuf>,
+    /// The adapter's strength: 1.0 as trained, 0.0 off.
+    pub adapter_scale: f32,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { format: None, gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 }, max_context: None }
+        Self {
+            format: None,
+            gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
+            max_context: None,
+            adapter: None,
+            adapter_scale: 1.0,
+        }
     }
 }
 
@@ -158,6 +171,38 @@ pub fn open_checked(path: &Path) -> Result<GgufFile> {
     GgufFile::open(path).map_err(|source| ReckonError::InvalidModel { path: path.to_path_buf(), source })
 }
 
+/// Check a GGUF LoRA adapter against the model, then have llama.cpp load it.
+/// Returns the adapter and its chat template, if it carries one.
+fn load_adapter(model: &mut LlamaModel, path: &Path, info: &ModelInfo, scale: f32) -> Result<(LlamaLoraAdapter, Option<String>)> {
+    let bad = |reason: String| ReckonError::InvalidAdapter { path: path.to_path_buf(), reason };
+    if !scale.is_finite() {
+        return Err(ReckonError::InvalidOption(format!("adapter scale {scale} is not a finite number")));
+    }
+    let file = match open_checked(path) {
+        Ok(f) => f,
+        Err(ReckonError::ModelNotFound(_)) => return Err(bad("no such file".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let kind = (file.get_str("general.type"), file.get_str("adapter.type"));
+    if kind != (Some("adapter"), Some("lora")) {
+        return Err(bad(format!(
+            "not a LoRA adapter (general.type = {:?}, adapter.type = {:?}; export one with `reckon-train export --adapter`)",
+            kind.0, kind.1
+        )));
+    }
+    let arch = file.get_str("general.architecture").unwrap_or("unknown");
+    if arch != info.architecture {
+        return Err(bad(format!("it was trained for a {arch} model, this model is {}", info.architecture)));
+    }
+    let template = file.get_str("tokenizer.chat_template").map(str::to_string);
+    drop(file);
+    let adapter = model.lora_adapter_init(path).map_err(|e| {
+        bad(format!("llama.cpp refused it ({e}): its tensors do not fit this model; was it trained on another base? (RUST_LOG=llama.cpp=debug shows why)"))
+    })?;
+    log::info!("LoRA adapter {} applied at scale {scale}", path.display());
+    Ok((adapter, template))
+}
+
 /// A loaded model, ready to solve questions from any thread.
 pub struct Engine {
     pub(crate) model: LlamaModel,
@@ -170,6 +215,8 @@ pub struct Engine {
     pub(crate) load_ms: f64,
     /// llama.cpp mutates the model while creating a context.
     pub(crate) context_lock: Mutex<()>,
+    /// The LoRA adapter set on every context (llama.cpp wants it mutable).
+    pub(crate) adapter: Option<Mutex<LlamaLoraAdapter>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -201,13 +248,24 @@ impl Engine {
         }
         let backend = backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(options.gpu_layers);
-        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| ReckonError::ModelLoad {
+        let mut model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| ReckonError::ModelLoad {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        let (adapter, adapter_template) = match &options.adapter {
+            Some(a) => {
+                let (adapter, template) = load_adapter(&mut model, a, &info, options.adapter_scale)?;
+                (Some(Mutex::new(adapter)), template)
+            }
+            None => (None, None),
+        };
         let vocab = Vocab::new(&model);
-        let template = file.get_str("tokenizer.chat_template").map(str::to_string);
-        let format = options.format.unwrap_or(info.detected_format);
+        let detected = match &adapter_template {
+            Some(t) => ThinkFormat::detect(Some(t.as_str()), file.tokens().iter().copied()),
+            None => info.detected_format,
+        };
+        let template = adapter_template.or_else(|| file.get_str("tokenizer.chat_template").map(str::to_string));
+        let format = options.format.unwrap_or(detected);
         let delims = vocab.delimiters(&model, format);
         drop(file);
         let load_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -222,6 +280,7 @@ impl Engine {
             options,
             load_ms,
             context_lock: Mutex::new(()),
+            adapter,
         })
     }
 

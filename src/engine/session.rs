@@ -113,7 +113,13 @@ impl<'a> Seq<'a> {
         let ctx = {
             // llama.cpp mutates the model while creating a context.
             let _guard = engine.context_lock.lock().unwrap_or_else(|p| p.into_inner());
-            engine.model.new_context(backend()?, params).map_err(|e| ReckonError::Context(e.to_string()))?
+            let mut ctx = engine.model.new_context(backend()?, params).map_err(|e| ReckonError::Context(e.to_string()))?;
+            if let Some(adapter) = &engine.adapter {
+                let mut adapter = adapter.lock().unwrap_or_else(|p| p.into_inner());
+                ctx.lora_adapter_set(&mut adapter, engine.options.adapter_scale)
+                    .map_err(|e| ReckonError::Context(format!("setting the LoRA adapter: {e}")))?;
+            }
+            ctx
         };
         Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0, decoded: 0, rolled_back: 0 })
     }

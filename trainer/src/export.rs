@@ -162,13 +162,44 @@ fn json_of(v: &Value) -> serde_json::Value {
     }
 }
 
+fn refuse_existing(opts: &ExportOptions) -> Result<()> {
+    if opts.out.exists() && !opts.force {
+        bail!("{} already exists (pass --force to overwrite)", opts.out.display());
+    }
+    Ok(())
+}
+
+/// `general.*` provenance: the base the state names, and how it was trained.
+fn provenance(source: &Path, state: Option<&crate::checkpoint::TrainState>, opts: &ExportOptions, merged: bool) -> Provenance {
+    let trained = state.filter(|s| s.stage != "import");
+    Provenance {
+        name: opts.name.clone().unwrap_or_else(|| opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string())),
+        base_model: state.map_or_else(|| source.display().to_string(), |s| s.source.clone()),
+        recipe: match trained {
+            Some(s) => format!(
+                "Reckon {} for {} steps ({} tokens){}; s1 think format",
+                s.stage,
+                s.step,
+                s.tokens_seen,
+                s.lora.as_ref().map_or(String::new(), |l| format!(
+                    ", LoRA r={} alpha={} on {:?}{}",
+                    l.rank,
+                    l.alpha,
+                    l.targets,
+                    if merged { ", merged" } else { "" }
+                ))
+            ),
+            None => "imported into Reckon's trainer, not trained".into(),
+        },
+        license: opts.license.clone(),
+    }
+}
+
 /// Export a model source (a checkpoint directory, HF directory or GGUF).
 pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     let t0 = Instant::now();
     let ftype = reckon::engine::quantize::file_type(&opts.file_type)?;
-    if opts.out.exists() && !opts.force {
-        bail!("{} already exists (pass --force to overwrite)", opts.out.display());
-    }
+    refuse_existing(opts)?;
     let src = weights::load(source)?;
     // weights::load verified the checkpoint; read its state without loading
     // (and hashing) every tensor a second time.
@@ -178,22 +209,7 @@ pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
         (Some(t), false) => t.clone(),
         _ => S1_CHAT_TEMPLATE.to_string(),
     };
-    let name = opts.name.clone().unwrap_or_else(|| opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string()));
-    let prov = Provenance {
-        name,
-        base_model: state.as_ref().map_or_else(|| source.display().to_string(), |s| s.source.clone()),
-        recipe: match &state {
-            Some(s) if trained => format!(
-                "Reckon {} for {} steps ({} tokens){}; s1 think format",
-                s.stage,
-                s.step,
-                s.tokens_seen,
-                s.lora.as_ref().map_or(String::new(), |l| format!(", LoRA r={} alpha={} on {:?}, merged", l.rank, l.alpha, l.targets))
-            ),
-            _ => "imported into Reckon's trainer, not trained".into(),
-        },
-        license: opts.license.clone(),
-    };
+    let prov = provenance(source, state.as_ref(), opts, true);
     // The float file is ALL_F32; llama.cpp's quantizer sets the final type.
     let meta = metadata(&src.config, &src.tok, &template, &prov, 0)?;
     let data = tensors(&src.config, &src.tensors)?;
@@ -213,14 +229,81 @@ pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
         gguf::GgufFile::open(quant.path()).context("the quantized file does not read back")?;
         quant.persist(&opts.out).map_err(|e| e.error).with_context(|| format!("renaming into {}", opts.out.display()))?;
     }
-    let bytes = std::fs::metadata(&opts.out)?.len();
+    report(opts, t0, &meta)
+}
+
+fn report(opts: &ExportOptions, t0: Instant, meta: &[(String, Value)]) -> Result<ExportReport> {
     Ok(ExportReport {
         path: opts.out.clone(),
         file_type: opts.file_type.to_ascii_lowercase(),
-        bytes,
+        bytes: std::fs::metadata(&opts.out)?.len(),
         seconds: t0.elapsed().as_secs_f64(),
         metadata: meta.iter().map(|(k, v)| (k.clone(), json_of(v))).collect(),
     })
+}
+
+/// Export only the LoRA adapters of a checkpoint trained with `[lora]`, as
+/// a GGUF LoRA adapter that llama.cpp applies at load time on top of the
+/// base the run started from (`reckon --adapter`, `llama-cli --lora`): a
+/// phone downloads megabytes instead of the whole model. `file_type` is
+/// `f32` or `f16`. The adapter carries the s1 chat template it was trained
+/// with, which the runtime prefers over the base model's.
+pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+    let t0 = Instant::now();
+    let (ggml_type, dtype) = match opts.file_type.to_ascii_lowercase().as_str() {
+        "f32" => (0u32, DType::F32),
+        "f16" => (1, DType::F16),
+        other => bail!("a LoRA adapter is written as f32 or f16, not '{other}'"),
+    };
+    refuse_existing(opts)?;
+    ensure!(
+        source.join("manifest.json").is_file(),
+        "{} is not a trainer checkpoint (an adapter comes from a checkpoint trained with [lora])",
+        source.display()
+    );
+    let ck = crate::checkpoint::load(source)?;
+    let lora = ck.state.lora.clone().with_context(|| {
+        format!("checkpoint {} was trained without [lora], so it has no adapter: export the whole model instead", source.display())
+    })?;
+    let mut data = Vec::new();
+    for (name, shape) in ck.model_config.weight_shapes() {
+        let (a_name, b_name) = crate::model::lora_names(&name);
+        let (Some(a), Some(b)) = (ck.tensors.get(&a_name), ck.tensors.get(&b_name)) else { continue };
+        let (r, out, inp) = (lora.rank, shape[0], shape[1]);
+        ensure!(a.dims() == [r, inp], "adapter '{a_name}' has shape {:?}, expected [{r}, {inp}]", a.dims());
+        ensure!(b.dims() == [out, r], "adapter '{b_name}' has shape {:?}, expected [{out}, {r}]", b.dims());
+        let base = hf_to_gguf(&name).with_context(|| format!("no GGUF name for '{name}'"))?;
+        // llama.cpp's layout: lora_a is ne = [in, r], lora_b is ne = [r, out]
+        // (PyTorch's A: r × in and B: out × r, dimensions reversed).
+        for (suffix, t) in [("lora_a", a), ("lora_b", b)] {
+            let dims = t.dims().iter().rev().map(|&d| d as u64).collect();
+            let t = t.to_dtype(dtype)?.flatten_all()?;
+            let bytes: Vec<u8> = match dtype {
+                DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                _ => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            data.push(TensorData { name: format!("{base}.{suffix}"), dims, ggml_type, data: bytes });
+        }
+    }
+    ensure!(!data.is_empty(), "checkpoint {} names LoRA settings but holds no adapter tensors", source.display());
+    let prov = provenance(source, Some(&ck.state), opts, false);
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("qwen2".into())),
+        ("general.type".into(), Value::String("adapter".into())),
+        ("adapter.type".into(), Value::String("lora".into())),
+        ("adapter.lora.alpha".into(), Value::F32(lora.alpha as f32)),
+        ("general.name".into(), Value::String(prov.name.clone())),
+        ("general.description".into(), Value::String(prov.recipe.clone())),
+        ("general.license".into(), Value::String(prov.license.clone())),
+        ("general.base_model.count".into(), Value::U32(1)),
+        ("general.base_model.0.name".into(), Value::String(prov.base_model.clone())),
+        ("tokenizer.chat_template".into(), Value::String(S1_CHAT_TEMPLATE.into())),
+    ];
+    drop(ck);
+    let dir = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    gguf::write_file(&opts.out, &meta, &data).with_context(|| format!("writing {}", opts.out.display()))?;
+    report(opts, t0, &meta)
 }
 
 /// Import a model (a GGUF the runtime uses, or an HF directory) as a step-0

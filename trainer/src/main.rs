@@ -40,9 +40,16 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (any type
-        /// llama.cpp's quantizer offers without an importance matrix).
-        #[arg(long = "type", default_value = "q4_k_m")]
-        file_type: String,
+        /// llama.cpp's quantizer offers without an importance matrix);
+        /// default q4_k_m, or f16 with --adapter (f32 or f16).
+        #[arg(long = "type")]
+        file_type: Option<String>,
+        /// Write only the LoRA adapters of a checkpoint trained with [lora],
+        /// as a GGUF LoRA adapter (a few MB) that the runtime (`reckon
+        /// --adapter`) or llama.cpp (`--lora`) applies on top of the base
+        /// model the run started from.
+        #[arg(long)]
+        adapter: bool,
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
@@ -206,9 +213,14 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Export { checkpoint, out, file_type, force, threads, name, license, json } => {
+        Cmd::Export { checkpoint, out, file_type, adapter, force, threads, name, license, json } => {
+            let file_type = file_type.unwrap_or_else(|| if adapter { "f16" } else { "q4_k_m" }.to_string());
             let opts = reckon_trainer::export::ExportOptions { out, file_type, force, threads, name, license };
-            let r = reckon_trainer::export::export(&checkpoint, &opts)?;
+            let r = if adapter {
+                reckon_trainer::export::export_adapter(&checkpoint, &opts)?
+            } else {
+                reckon_trainer::export::export(&checkpoint, &opts)?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({"path": r.path, "type": r.file_type, "bytes": r.bytes, "seconds": r.seconds}))?);
             } else {

@@ -11,7 +11,7 @@ use std::process::Command;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use reckon::engine::{Engine, EngineOptions};
 use reckon::gguf::GgufFile;
-use reckon_trainer::export::{export, import, ExportOptions};
+use reckon_trainer::export::{export, export_adapter, import, ExportOptions};
 use reckon_trainer::train::{run_sft, RunOptions};
 use reckon_trainer::{checkpoint, synth, weights, KvCache, Qwen2, SftConfig};
 
@@ -288,8 +288,12 @@ fn default_model_round_trips_through_the_trainer() {
     // at the runtime's default 1024/256): re-quantizing the original's
     // Q5_0/Q4_K/Q6_K values onto the Q8_0 grid moves each weight by up to
     // 6% of a Q5_0 step, and long greedy chains of a 0.5B model fork on
-    // near-ties. The F32 export above is exact (logits and 64 tokens). This
-    // bound guards against regressions; the 19/20 floor is not met.
+    // near-ties. Even the F32 export, whose weights equal the original's
+    // exactly (logits and 64 tokens above), answers like the original on
+    // only 18/20 here (scripts/export-figures.sh): llama.cpp computes
+    // quantized weights against 8-bit-quantized activations and F32 ones
+    // against F32, and that alone forks these chains. This bound guards
+    // against regressions; the 19/20 floor is below that noise floor.
     assert!(same >= 17, "only {same}/20 answers agree: {a:?} vs {b:?}");
     drop((orig_engine, q8_engine));
 
@@ -328,4 +332,108 @@ fn default_model_round_trips_through_the_trainer() {
         }
     }
     eprintln!("Q4_K_M tensor types differing from the original: {}/{} (attn_v/ffn_down layer choice only)", diffs.len(), theirs.tensors.len());
+}
+
+/// max |a − b| / max |b| over every position's logits of two runtimes.
+fn runtime_gap(a: &Engine, b: &Engine, seq: &[u32]) -> f32 {
+    let seq: Vec<i32> = seq.iter().map(|&t| t as i32).collect();
+    let (la, lb) = (a.logits(&seq, Some(2)).unwrap(), b.logits(&seq, Some(2)).unwrap());
+    let (mut diff, mut scale) = (0f32, 0f32);
+    for (ra, rb) in la.iter().zip(&lb) {
+        for (x, y) in ra.iter().zip(rb) {
+            diff = diff.max((x - y).abs());
+            scale = scale.max(y.abs());
+        }
+    }
+    diff / scale
+}
+
+#[test]
+fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_ck = trained_tiny(dir.path());
+    // LoRA on every linear layer of the trained base, long enough to move it.
+    let data = dir.path().join("lora.jsonl");
+    common::write_sft(&data, &synth::arithmetic(16, 33, true));
+    let cfg = dir.path().join("lora.toml");
+    let targets = r#"["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]"#;
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\nsource = \"{}\"\n\n[data]\ntrain = \"{}\"\nmax_seq_len = 256\n\n[train]\nsteps = 30\nbatch_size = 4\ngrad_accum = 1\nseed = 3\n\n[optim]\nlr = 1e-2\n\n[checkpoint]\nevery = 30\n\n[lora]\nrank = 4\nalpha = 8.0\ntargets = {targets}\n",
+            base_ck.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let lora_ck = run_sft(&SftConfig::load(&cfg).unwrap(), &RunOptions { out: dir.path().join("lora-run"), ..Default::default() }).unwrap().checkpoint.unwrap();
+
+    let base = dir.path().join("base-f32.gguf");
+    export(&base_ck, &opts(&base, "f32")).unwrap();
+    let merged = dir.path().join("merged-f32.gguf");
+    export(&lora_ck, &opts(&merged, "f32")).unwrap();
+    let adapter = dir.path().join("adapter-f32.gguf");
+    let report = export_adapter(&lora_ck, &opts(&adapter, "f32")).unwrap();
+    let base_bytes = std::fs::metadata(&base).unwrap().len();
+    assert!(report.bytes * 3 < base_bytes, "adapter {} bytes, base {base_bytes}", report.bytes);
+
+    // The independent reader sees llama.cpp's adapter layout.
+    let py = python_dump(&adapter);
+    assert_eq!(py, ours_as_json(&adapter), "gguf (PyPI) and our reader disagree");
+    assert_eq!(py["metadata"]["general.type"], "adapter");
+    assert_eq!(py["metadata"]["adapter.type"], "lora");
+    let tensors = py["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 2 * 7 * 2, "A and B for 7 linear layers in 2 blocks");
+    let q_a = tensors.iter().find(|t| t["name"] == "blk.0.attn_q.weight.lora_a").expect("blk.0.attn_q.weight.lora_a");
+    assert_eq!(q_a["shape"], serde_json::json!([64, 4]), "lora_a is ne = [in, r]");
+
+    // llama.cpp applies it at load time: the same logits as the merged model.
+    let (_, tok) = trainer_model(&lora_ck);
+    let with = Engine::load(&base, EngineOptions { adapter: Some(adapter.clone()), ..EngineOptions::default() }).unwrap();
+    let merged_engine = Engine::load(&merged, EngineOptions::default()).unwrap();
+    let plain = Engine::load(&base, EngineOptions::default()).unwrap();
+    assert_eq!(with.format(), reckon::ThinkFormat::S1, "the adapter's s1 template is used");
+    for q in synth::arithmetic(3, 77, false) {
+        let p = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &q.question).unwrap();
+        let gap = runtime_gap(&with, &merged_engine, &p);
+        assert!(gap < 1e-4, "base + adapter vs merged: relative logit gap {gap:e}");
+        let moved = runtime_gap(&plain, &merged_engine, &p);
+        assert!(moved > 1e-2, "the adapter barely changes the model ({moved:e}): the test would prove nothing");
+    }
+    let prompt = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, "What is 7 + 5?").unwrap();
+    assert_eq!(runtime_greedy(&with, &prompt, 64), runtime_greedy(&merged_engine, &prompt, 64), "64 greedy tokens");
+    let off = Engine::load(&base, EngineOptions { adapter: Some(adapter.clone()), adapter_scale: 0.0, ..EngineOptions::default() }).unwrap();
+    assert!(runtime_gap(&off, &plain, &prompt) < 1e-6, "scale 0 is the base model");
+    drop((with, off));
+
+    // F16 halves the file and stays close.
+    let half = dir.path().join("adapter-f16.gguf");
+    let r16 = export_adapter(&lora_ck, &opts(&half, "f16")).unwrap();
+    assert!(r16.bytes < report.bytes);
+    let with16 = Engine::load(&base, EngineOptions { adapter: Some(half), ..EngineOptions::default() }).unwrap();
+    let gap16 = runtime_gap(&with16, &merged_engine, &prompt);
+    assert!(gap16 < 1e-2, "f16 adapter: relative logit gap {gap16:e}");
+    drop(with16);
+
+    // Bad requests: typed errors, no file written.
+    let err = export_adapter(&base_ck, &opts(&dir.path().join("none.gguf"), "f16")).unwrap_err().to_string();
+    assert!(err.contains("without [lora]"), "{err}");
+    let err = export_adapter(&lora_ck, &opts(&dir.path().join("none.gguf"), "q4_k_m")).unwrap_err().to_string();
+    assert!(err.contains("f32 or f16"), "{err}");
+    let err = export_adapter(&lora_ck, &opts(&adapter, "f32")).unwrap_err().to_string();
+    assert!(err.contains("--force"), "{err}");
+    assert!(!dir.path().join("none.gguf").exists());
+    let load_err = |model: &Path, adapter: PathBuf| match Engine::load(model, EngineOptions { adapter: Some(adapter), ..EngineOptions::default() }) {
+        Err(e @ reckon::ReckonError::InvalidAdapter { .. }) => e.to_string(),
+        other => panic!("expected InvalidAdapter, got {other:?}"),
+    };
+    let e = load_err(&base, merged.clone());
+    assert!(e.contains("not a LoRA adapter"), "{e}");
+    let e = load_err(&base, dir.path().join("missing.gguf"));
+    assert!(e.contains("no such file"), "{e}");
+    // An adapter for another model's shapes: llama.cpp refuses it (and does
+    // not abort); the default model has 896-wide layers, this adapter 64.
+    let default = reckon::models::ensure_model(&reckon::models::ModelSpec::default_model(), &reckon::models::models_dir(), None, false).unwrap();
+    let e = load_err(&default, adapter.clone());
+    assert!(e.contains("do not fit this model"), "{e}");
 }

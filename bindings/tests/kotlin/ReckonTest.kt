@@ -139,6 +139,16 @@ fun main(args: Array<String>) {
         }
     }
 
+    test("an adapter that is not a LoRA adapter throws InvalidModel") {
+        // The model file is a sound GGUF, but a model, not an adapter.
+        try {
+            Engine(modelPath, EngineOptions(adapterPath = modelPath))
+            throw AssertionError("no exception")
+        } catch (e: ReckonException.InvalidModel) {
+            check(e.reason.contains("not a LoRA adapter")) { e.reason }
+        }
+    }
+
     test("bad input throws InvalidInput and PromptTooLong") {
         try {
             engine.solve(JANET, SolveOptions(minThinkingTokens = 10u, maxThinkingTokens = 5u), Collect(), null)

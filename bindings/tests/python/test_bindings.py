@@ -125,6 +125,16 @@ def bad_model_path_raises():
 
 
 @test
+def non_adapter_file_as_adapter_raises():
+    # The model file is a sound GGUF, but a model, not an adapter.
+    try:
+        r.Engine(MODEL, r.EngineOptions(adapter_path=MODEL))
+        raise AssertionError("no exception")
+    except r.ReckonError.InvalidModel as e:
+        assert "not a LoRA adapter" in str(e), e
+
+
+@test
 def bad_input_raises():
     try:
         engine.solve(JANET, r.SolveOptions(min_thinking_tokens=10, max_thinking_tokens=5), Collect(), None)
