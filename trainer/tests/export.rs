@@ -44,13 +44,19 @@ fn logit_gap(model: &Qwen2, engine: &Engine, seq: &[u32]) -> f32 {
     let att = Tensor::ones((1, seq.len()), DType::U8, &Device::Cpu).unwrap();
     let ours = model.forward(&ids, &att, None).unwrap().i(0).unwrap();
     let theirs = engine.logits(&seq.iter().map(|&t| t as i32).collect::<Vec<_>>(), Some(2)).unwrap();
+    let ours: Vec<Vec<f32>> = ours.to_vec2().unwrap();
+    relative_gap(&ours, &theirs)
+}
+
+/// max |a − b| / max |b| over every position's logits.
+fn relative_gap(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different numbers of positions");
     let (mut diff, mut scale) = (0f32, 0f32);
-    for (p, row) in theirs.iter().enumerate() {
-        let o: Vec<f32> = ours.i(p).unwrap().to_vec1().unwrap();
-        assert_eq!(o.len(), row.len(), "vocabulary sizes differ");
-        for (a, b) in o.iter().zip(row) {
-            diff = diff.max((a - b).abs());
-            scale = scale.max(b.abs());
+    for (ra, rb) in a.iter().zip(b) {
+        assert_eq!(ra.len(), rb.len(), "vocabulary sizes differ");
+        for (x, y) in ra.iter().zip(rb) {
+            diff = diff.max((x - y).abs());
+            scale = scale.max(y.abs());
         }
     }
     diff / scale
@@ -334,18 +340,10 @@ fn default_model_round_trips_through_the_trainer() {
     eprintln!("Q4_K_M tensor types differing from the original: {}/{} (attn_v/ffn_down layer choice only)", diffs.len(), theirs.tensors.len());
 }
 
-/// max |a − b| / max |b| over every position's logits of two runtimes.
+/// The relative logit gap between two runtimes on the same tokens.
 fn runtime_gap(a: &Engine, b: &Engine, seq: &[u32]) -> f32 {
     let seq: Vec<i32> = seq.iter().map(|&t| t as i32).collect();
-    let (la, lb) = (a.logits(&seq, Some(2)).unwrap(), b.logits(&seq, Some(2)).unwrap());
-    let (mut diff, mut scale) = (0f32, 0f32);
-    for (ra, rb) in la.iter().zip(&lb) {
-        for (x, y) in ra.iter().zip(rb) {
-            diff = diff.max((x - y).abs());
-            scale = scale.max(y.abs());
-        }
-    }
-    diff / scale
+    relative_gap(&a.logits(&seq, Some(2)).unwrap(), &b.logits(&seq, Some(2)).unwrap())
 }
 
 #[test]
