@@ -162,6 +162,14 @@ fn json_of(v: &Value) -> serde_json::Value {
     }
 }
 
+/// The output's folder, created if missing (temporaries go there too, so
+/// the final rename never crosses file systems).
+fn out_dir(opts: &ExportOptions) -> Result<&Path> {
+    let dir = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
 fn refuse_existing(opts: &ExportOptions) -> Result<()> {
     if opts.out.exists() && !opts.force {
         bail!("{} already exists (pass --force to overwrite)", opts.out.display());
@@ -214,8 +222,7 @@ pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     let meta = metadata(&src.config, &src.tok, &template, &prov, 0)?;
     let data = tensors(&src.config, &src.tensors)?;
     drop(src);
-    let dir = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = out_dir(opts)?;
     if ftype == reckon::engine::quantize::file_type("f32")? {
         gguf::write_file(&opts.out, &meta, &data).with_context(|| format!("writing {}", opts.out.display()))?;
     } else {
@@ -300,8 +307,7 @@ pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportRepor
         ("tokenizer.chat_template".into(), Value::String(S1_CHAT_TEMPLATE.into())),
     ];
     drop(ck);
-    let dir = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    out_dir(opts)?;
     gguf::write_file(&opts.out, &meta, &data).with_context(|| format!("writing {}", opts.out.display()))?;
     report(opts, t0, &meta)
 }
