@@ -171,9 +171,63 @@ pub fn answers_match(predicted: &str, gold: &str) -> bool {
     }
 }
 
+/// One answer's share of a vote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VoteCount {
+    /// The normalized answer.
+    pub answer: String,
+    /// Samples that gave it.
+    pub votes: u32,
+}
+
+/// The outcome of a majority vote over samples (self-consistency).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Vote {
+    /// The winning answer; `None` if no sample had one.
+    pub answer: Option<String>,
+    /// Every answer with its votes, most first (ties: first seen first).
+    pub tally: Vec<VoteCount>,
+    /// Samples that voted (had an answer).
+    pub voted: u32,
+    /// Samples in all.
+    pub samples: u32,
+}
+
+/// Majority vote over extracted answers; answers that are the same number
+/// count together, a tie goes to the answer seen first, samples without an
+/// answer abstain.
+pub fn majority_vote<'a>(answers: impl IntoIterator<Item = Option<&'a str>>) -> Vote {
+    let mut tally: Vec<VoteCount> = Vec::new();
+    let mut samples = 0;
+    for a in answers {
+        samples += 1;
+        let Some(a) = a else { continue };
+        match tally.iter_mut().find(|c| answers_match(&c.answer, a)) {
+            Some(c) => c.votes += 1,
+            None => tally.push(VoteCount { answer: a.to_string(), votes: 1 }),
+        }
+    }
+    // Stable: equal counts keep first-seen order.
+    tally.sort_by(|a, b| b.votes.cmp(&a.votes));
+    Vote { answer: tally.first().map(|c| c.answer.clone()), voted: tally.iter().map(|c| c.votes).sum(), tally, samples }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn majority_vote_counts_equal_numbers_together_and_breaks_ties_by_first_seen() {
+        let v = majority_vote([Some("18"), None, Some("7"), Some("18.0"), Some("7"), Some("9")]);
+        assert_eq!(v.samples, 6);
+        assert_eq!(v.voted, 5);
+        assert_eq!(v.answer.as_deref(), Some("18"), "18 and 18.0 are one answer; tie with 7 goes to the first seen");
+        assert_eq!(v.tally.iter().map(|c| (c.answer.as_str(), c.votes)).collect::<Vec<_>>(), [("18", 2), ("7", 2), ("9", 1)]);
+        let v = majority_vote([Some("3"), Some("4"), Some("4")]);
+        assert_eq!(v.answer.as_deref(), Some("4"));
+        let v = majority_vote([None, None]);
+        assert_eq!((v.answer, v.voted, v.samples), (None, 0, 2));
+    }
 
     #[test]
     fn normalization_table() {

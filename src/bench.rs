@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use reckon::budget::{BudgetConfig, InjectReason, Segment};
-use reckon::engine::{Engine, EngineOptions, SolveOptions};
+use reckon::engine::{Engine, EngineOptions, Sample, SolveOptions};
 use reckon::eval::report::median;
 use reckon::events::{Event, Silent};
 use reckon::models;
@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// Thinking cap of the extension run.
     #[arg(long, default_value_t = 1024)]
     extension_cap: u32,
+    /// Parallel sequence counts to measure (e.g. 1,4,8,16): N greedy
+    /// completions of the question in one batch against a bare batched
+    /// llama-cpp-2 loop decoding as many tokens; 1 is always included as the
+    /// single-sequence reference.
+    #[arg(long, value_delimiter = ',')]
+    parallel: Vec<u32>,
     /// The question.
     #[arg(long, default_value = SAMPLE_QUESTION)]
     question: String,
@@ -91,11 +97,32 @@ struct ExtensionRow {
 }
 
 #[derive(Debug, Serialize)]
+struct ParallelRow {
+    /// Sequences in the batch.
+    sequences: u32,
+    /// Tokens sampled per sequence (the bare loop decodes as many).
+    tokens_per_sequence: u32,
+    /// All sequences' sampled tokens over the batch's generation time.
+    solve_aggregate_tok_s: f64,
+    /// One sequence's sampled tokens over its generation time.
+    solve_per_sequence_tok_s: f64,
+    /// The bare batched loop's aggregate tok/s (no controllers, shared prompt).
+    bare_aggregate_tok_s: f64,
+    /// solve_aggregate_tok_s / bare_aggregate_tok_s (floor 0.95).
+    solve_over_bare: f64,
+    /// solve_aggregate_tok_s over the single-sequence solve's (floor 1.7 at 8).
+    speedup_vs_single: f64,
+    /// The batch's wall time (prefill included) divided by its sequences.
+    ms_per_problem: f64,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     threads: u32,
     repeat: u32,
     models: Vec<ModelRow>,
     extension: Option<ExtensionRow>,
+    parallel: Vec<ParallelRow>,
     peak_rss_mib: f64,
 }
 
@@ -235,6 +262,72 @@ fn extension_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &i
     })
 }
 
+/// One batched solve of `n` greedy completions: (aggregate tok/s, per-sequence
+/// tok/s, tokens per sequence, wall ms).
+fn batched_solve(engine: &Engine, question: &str, opts: &SolveOptions, n: u32) -> anyhow::Result<(f64, f64, u32, f64)> {
+    let t = std::time::Instant::now();
+    let members = (0..n).map(|i| Sample::silent(u64::from(i), None)).collect();
+    let finished = engine.solve_samples(question, opts, members, opts.threads)?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let results: Vec<_> = finished.into_iter().map(|f| f.result).collect::<Result<_, _>>()?;
+    // Decoding injected tokens is budget forcing's work, not overhead: the
+    // slots' shares of it add up to the time the batch spent on them.
+    let window = results.iter().map(|r| r.timings.decode_ms).fold(0.0, f64::max)
+        - results.iter().map(|r| r.timings.injected_decode_ms).sum::<f64>();
+    let sampled: u32 = results.iter().map(|r| r.sampled_tokens).sum();
+    let per_seq = median(results.iter().map(|r| f64::from(r.sampled_tokens) / ((r.timings.decode_ms - r.timings.injected_decode_ms * f64::from(n)) / 1e3)).collect());
+    Ok((f64::from(sampled) / (window / 1e3), per_seq, results[0].sampled_tokens, wall))
+}
+
+fn parallel_rows(engine: &Engine, args: &BenchArgs, opts: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<Vec<ParallelRow>> {
+    let mut ns: Vec<u32> = std::iter::once(1).chain(args.parallel.iter().copied()).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let prompt = engine.prompt_tokens(&args.question, opts)?;
+    // Warm up, and learn how many tokens a completion samples.
+    let (_, _, tokens, _) = batched_solve(engine, &args.question, opts, 1)?;
+    let mut figures: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = ns.iter().map(|_| Default::default()).collect();
+    for rep in 0..args.repeat.max(1) {
+        for (k, &n) in ns.iter().enumerate() {
+            bar.set_message(format!("parallel {n}"));
+            let solve = || batched_solve(engine, &args.question, opts, n);
+            let bare = || engine.bare_batched_decode(&prompt, n, tokens, opts.threads);
+            let (s, b) = if (rep as usize + k) % 2 == 0 {
+                let s = solve()?;
+                (s, bare()?)
+            } else {
+                let b = bare()?;
+                (solve()?, b)
+            };
+            let f = &mut figures[k];
+            f.0.push(s.0);
+            f.1.push(s.1);
+            f.2.push(b.decode_tok_s);
+            f.3.push(s.0 / b.decode_tok_s);
+            f.4.push(s.3 / f64::from(n));
+            bar.inc(1);
+        }
+    }
+    let single = median(figures[0].0.clone());
+    Ok(ns
+        .iter()
+        .zip(figures)
+        .map(|(&n, (agg, per, bare, ratio, wall))| {
+            let agg = median(agg);
+            ParallelRow {
+                sequences: n,
+                tokens_per_sequence: tokens,
+                solve_aggregate_tok_s: agg,
+                solve_per_sequence_tok_s: median(per),
+                bare_aggregate_tok_s: median(bare),
+                solve_over_bare: median(ratio),
+                speedup_vs_single: agg / single,
+                ms_per_problem: median(wall),
+            }
+        })
+        .collect())
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let paths = if args.model.is_empty() { vec![models::default_model_path()] } else { args.model.clone() };
     let opts = SolveOptions {
@@ -243,18 +336,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..SolveOptions::default()
     };
     let repeat = u64::from(args.repeat.max(1));
-    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1))?;
+    let n_parallel = if args.parallel.is_empty() { 0 } else { args.parallel.len() as u64 + 1 };
+    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1 + n_parallel))?;
     let mut rows = Vec::new();
     let mut extension = None;
+    let mut parallel = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let engine = Engine::load(path, EngineOptions::default())?;
         rows.push(model_row(&engine, &args, &opts, &bar)?);
         if i == 0 {
             extension = Some(extension_row(&engine, &args, &opts, &bar)?);
+            if !args.parallel.is_empty() {
+                parallel = parallel_rows(&engine, &args, &opts, &bar)?;
+            }
         }
     }
     bar.finish_and_clear();
-    let report = Report { threads: args.threads, repeat: args.repeat.max(1), models: rows, extension, peak_rss_mib: peak_rss_mib() };
+    let report = Report { threads: args.threads, repeat: args.repeat.max(1), models: rows, extension, parallel, peak_rss_mib: peak_rss_mib() };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -280,6 +378,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "injected token {:.1} ms vs generated token {:.1} ms (injections are batched on the kept cache)",
             e.injected_ms_per_token, e.generated_ms_per_token
         );
+    }
+    if !report.parallel.is_empty() {
+        println!();
+        println!("parallel sequences ({} greedy tokens each, one batch; bare = batched llama-cpp-2 loop, no controllers):", report.parallel[0].tokens_per_sequence);
+        println!();
+        println!("| sequences | solve aggregate tok/s | per sequence tok/s | bare aggregate tok/s | solve/bare (floor 0.95) | vs 1 sequence | ms per problem |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &report.parallel {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.2}x | {:.0} |",
+                r.sequences, r.solve_aggregate_tok_s, r.solve_per_sequence_tok_s, r.bare_aggregate_tok_s, r.solve_over_bare, r.speedup_vs_single, r.ms_per_problem
+            );
+        }
     }
     println!("peak RSS {:.0} MiB", report.peak_rss_mib);
     Ok(())

@@ -60,6 +60,18 @@ pub enum ReckonError {
         /// The most the context can hold.
         context_limit: u32,
     },
+    /// Parallel sequences that together need more context than allowed.
+    #[error("{slots} parallel sequences of {slot_context} context tokens each need {} tokens, but the context limit is {context_limit}; {fits} fit (lower the parallel count or the budgets, or raise --ctx)", u64::from(*slots) * u64::from(*slot_context))]
+    BatchTooLarge {
+        /// Sequences asked for.
+        slots: u32,
+        /// Context per sequence.
+        slot_context: u32,
+        /// The model's context (or `max_context`).
+        context_limit: u32,
+        /// How many sequences of that size fit.
+        fits: u32,
+    },
     /// The budget cannot be honoured.
     #[error("invalid budget: {0}")]
     InvalidBudget(#[from] BudgetError),

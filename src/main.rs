@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use reckon::budget::{BudgetConfig, InjectReason, Segment};
-use reckon::engine::{Engine, EngineOptions, ModelInfo, SamplingConfig, SolveOptions};
+use reckon::answer::majority_vote;
+use reckon::engine::{Engine, EngineOptions, ModelInfo, Sample, SamplingConfig, SolveOptions};
 use reckon::events::{CancelHandle, Event};
 use reckon::format::{ThinkFormat, DEFAULT_SYSTEM_PROMPT};
 use reckon::models::{self, ModelSpec};
@@ -101,6 +102,15 @@ struct EvalArgs {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u32,
+    /// Sequences decoded together in one context (continuous batching: when
+    /// a problem finishes, the next starts in its slot).
+    #[arg(long, default_value_t = 8)]
+    parallel: u32,
+    /// Completions per problem, answered by majority vote of their extracted
+    /// answers (self-consistency; needs --temperature > 0). Token counts in
+    /// the records and summary are the sums over the samples.
+    #[arg(long, default_value_t = 1)]
+    samples: u32,
     /// Warn about malformed data lines and go on, instead of stopping.
     #[arg(long)]
     skip_bad_lines: bool,
@@ -191,7 +201,13 @@ struct SolveArgs {
     /// System prompt ("" for none).
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
     system: String,
-    /// Print one JSON object with the result instead of streaming text.
+    /// Draw K completions in one batch (the prompt decoded once) and answer
+    /// by majority vote of their extracted answers (self-consistency). Needs
+    /// --temperature > 0; sample i uses seed --seed + i.
+    #[arg(long, default_value_t = 1)]
+    samples: u32,
+    /// Print one JSON object with the result instead of streaming text
+    /// (with --samples: {"vote": ..., "samples": [...]}).
     #[arg(long)]
     json: bool,
     /// The question; read from stdin when absent or "-".
@@ -270,6 +286,12 @@ fn solve(args: SolveArgs) -> anyhow::Result<()> {
     }
     let options = args.options();
     options.budget.validate()?;
+    if args.samples > 1 {
+        return solve_samples(&args, &question, &options);
+    }
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
     let engine = args.model.load()?;
     let cancel = CancelHandle::new();
     let result = if args.json {
@@ -304,6 +326,39 @@ fn solve(args: SolveArgs) -> anyhow::Result<()> {
             t.decode_tok_s,
             t.ttft_ms
         );
+    }
+    Ok(())
+}
+
+/// `solve --samples K`: K budget-forced completions in one batch, then the vote.
+fn solve_samples(args: &SolveArgs, question: &str, options: &SolveOptions) -> anyhow::Result<()> {
+    if options.sampling.temperature <= 0.0 {
+        bail!("--samples {} needs --temperature above 0 (greedy samples are all the same), e.g. --temperature 0.7", args.samples);
+    }
+    let engine = args.model.load()?;
+    let members = (0..args.samples).map(|i| Sample::silent(u64::from(i), Some(options.sampling.seed.wrapping_add(i)))).collect();
+    let finished = engine.solve_samples(question, options, members, options.threads)?;
+    let mut results = Vec::new();
+    for f in finished {
+        let r = f.result.with_context(|| format!("sample {}", f.tag + 1))?;
+        if !args.json {
+            println!(
+                "sample {:>2}: {:<12} ({} thinking tokens{})",
+                f.tag + 1,
+                r.extracted_answer.as_deref().unwrap_or("(none)"),
+                r.total_thinking_tokens(),
+                if r.forced_end { ", forced end" } else { "" }
+            );
+        }
+        results.push(r);
+    }
+    let vote = majority_vote(results.iter().map(|r| r.extracted_answer.as_deref()));
+    if args.json {
+        println!("{}", serde_json::json!({ "vote": vote, "samples": results }));
+    } else {
+        let tally: Vec<String> = vote.tally.iter().map(|c| format!("{} ×{}", c.answer, c.votes)).collect();
+        println!("\nVote: {} ({})", vote.answer.as_deref().unwrap_or("(no answer)"), if tally.is_empty() { "no sample had an answer".into() } else { tally.join(", ") });
+        println!("Extracted answer: {}", vote.answer.as_deref().unwrap_or("(none)"));
     }
     Ok(())
 }
@@ -414,7 +469,17 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         threads: args.threads,
         ..SolveOptions::default()
     };
-    let plan = EvalPlan { models, problems, configs, base, out: args.out.clone(), progress: !args.json && std::io::stderr().is_terminal(), report_only: args.report_only };
+    let plan = EvalPlan {
+        models,
+        problems,
+        configs,
+        base,
+        out: args.out.clone(),
+        progress: !args.json && std::io::stderr().is_terminal(),
+        report_only: args.report_only,
+        parallel: args.parallel,
+        samples: args.samples,
+    };
     let summary = eval::run(&plan)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

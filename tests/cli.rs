@@ -121,3 +121,41 @@ fn bench_reports_the_overhead_ratio_as_json() {
     assert!(v["extension"]["kept_cache_ms"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 100.0, "{v}");
 }
+
+#[test]
+fn solve_samples_votes_over_a_batch_of_completions() {
+    let out = reckon()
+        .args(["solve", "--json", "--threads", "2", "--max-think", "24", "--max-answer", "8", "--samples", "4", "--temperature", "0.8"])
+        .arg("--model")
+        .arg(model_path())
+        .arg("What is 6 times 7?")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let samples = v["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 4);
+    assert_eq!(v["vote"]["samples"], 4);
+    let answers: Vec<&serde_json::Value> = samples.iter().map(|s| &s["extracted_answer"]).collect();
+    let winner = &v["vote"]["answer"];
+    if !winner.is_null() {
+        let n = answers.iter().filter(|a| *a == &winner).count() as u64;
+        assert_eq!(v["vote"]["tally"][0]["votes"].as_u64().unwrap(), n, "the winner's votes are counted from the samples");
+    }
+    for s in samples {
+        assert!(s["thinking_tokens"].as_u64().unwrap() + s["injected_tokens"].as_u64().unwrap() <= 24);
+    }
+    // Human output ends with the vote and the answer line.
+    let out = reckon()
+        .args(["solve", "--threads", "2", "--max-think", "16", "--max-answer", "8", "--samples", "2", "--temperature", "0.8", "--model"])
+        .arg(model_path())
+        .arg("What is 6 times 7?")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("sample  2:") && text.contains("Vote:"), "{text}");
+    // Greedy samples would be identical: refused with a message that says why.
+    let out = reckon().args(["solve", "--samples", "3", "--model"]).arg(model_path()).arg("What is 1 + 1?").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--temperature"), "{}", String::from_utf8_lossy(&out.stderr));
+}

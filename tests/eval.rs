@@ -93,7 +93,8 @@ fn tiny_eval_writes_every_output() {
 #[test]
 fn resume_after_a_kill_keeps_records_and_gives_the_same_summary() {
     let data = shared_data();
-    let args = ["--limit", "6", "--budgets", "8"];
+    // One sequence at a time: the kill must land between records.
+    let args = ["--limit", "6", "--budgets", "8", "--parallel", "1"];
     let whole = tempfile::tempdir().unwrap();
     let o = eval_cmd(&data, whole.path(), &args).output().unwrap();
     assert!(o.status.success());
@@ -139,6 +140,32 @@ fn resume_after_a_kill_keeps_records_and_gives_the_same_summary() {
         serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap()
     };
     assert_eq!(stable(&read(out.path())), stable(&read(whole.path())));
+}
+
+#[test]
+fn parallel_eval_with_self_consistency_votes_per_problem() {
+    let out = tempfile::tempdir().unwrap();
+    let args = ["--limit", "4", "--budgets", "16", "--parallel", "4", "--samples", "3", "--temperature", "0.7"];
+    let o = eval_cmd(&shared_data(), out.path(), &args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = lines(&out.path().join("records/qwen2.5-coder-0.5b-instruct-q4_k_m/cap16.jsonl"));
+    let mut ids: Vec<u64> = recs.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, [0, 1, 2, 3]);
+    for r in &recs {
+        assert_eq!(r["samples"], 3);
+        let votes: u64 = r["votes"].as_array().map_or(0, |v| v.iter().map(|c| c["votes"].as_u64().unwrap()).sum());
+        assert!(votes <= 3, "{r}");
+        if let Some(winner) = r["votes"].as_array().and_then(|v| v.first()) {
+            assert_eq!(r["extracted"], winner["answer"], "the record's answer is the vote's");
+        }
+        // Token counts are sums over the three samples, each capped at 16.
+        assert!(r["thinking_tokens"].as_u64().unwrap() + r["injected_tokens"].as_u64().unwrap() <= 48);
+    }
+    // Greedy samples would all be the same: refused.
+    let o = eval_cmd(&shared_data(), &out.path().join("g"), &["--limit", "1", "--budgets", "8", "--samples", "2"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("temperature"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

@@ -75,7 +75,7 @@ impl From<reckon::ReckonError> for ReckonError {
             E::ModelIsDirectory(_) | E::InvalidModel { .. } | E::UnsupportedArchitecture { .. } | E::ModelLoad { .. } | E::InvalidAdapter { .. } => {
                 ReckonError::InvalidModel { reason }
             }
-            E::EmptyQuestion | E::InvalidBudget(_) | E::InvalidOption(_) => ReckonError::InvalidInput { reason },
+            E::EmptyQuestion | E::InvalidBudget(_) | E::InvalidOption(_) | E::BatchTooLarge { .. } => ReckonError::InvalidInput { reason },
             E::PromptTooLong { .. } => ReckonError::PromptTooLong { reason },
             E::Context(_) | E::Decode(_) | E::Backend(_) | E::Io { .. } | E::Fetch(_) | E::HashMismatch { .. } => {
                 ReckonError::Inference { reason }
@@ -449,6 +449,27 @@ pub trait SolveListener: Send + Sync {
     fn on_event(&self, event: SolveEvent) -> Result<bool, ReckonError>;
 }
 
+/// Receives the events of a batch of solves, each tagged with the index of
+/// its question. Return false to stop that question; throwing stops them all
+/// and `solveBatch` then throws [`ReckonError::Listener`].
+#[uniffi::export(foreign)]
+pub trait BatchListener: Send + Sync {
+    /// One event of question `index`.
+    fn on_event(&self, index: u32, event: SolveEvent) -> Result<bool, ReckonError>;
+}
+
+/// One question's outcome in a batch: a result, or why it could not be
+/// solved (the other questions are solved all the same).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct BatchItem {
+    /// The question's index in the input.
+    pub index: u32,
+    /// The result, if it was solved.
+    pub result: Option<SolveResult>,
+    /// Why not, otherwise (an empty question, one too long, ...).
+    pub error: Option<String>,
+}
+
 /// Cancels a solve from any thread; the solve stops within one decode step
 /// and returns with [`FinishReason::Cancelled`].
 #[derive(Debug, Default, uniffi::Object)]
@@ -547,6 +568,69 @@ impl Engine {
                 return Err(err);
             }
             Ok(result?.into())
+        })
+    }
+}
+
+#[uniffi::export]
+impl Engine {
+    /// Solve many questions (a worksheet) in one batch: `parallel` of them
+    /// decoded together, the next starting as one finishes. Events go to
+    /// `listener` tagged with the question's index; `cancel` stops them all.
+    /// Returns one item per question, in input order.
+    pub fn solve_batch(
+        &self,
+        questions: Vec<String>,
+        options: SolveOptions,
+        parallel: u32,
+        listener: Option<Arc<dyn BatchListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<Vec<BatchItem>, ReckonError> {
+        guarded(|| {
+            let core: CoreSolveOptions = (&options).into();
+            let failure: Arc<Mutex<Option<ReckonError>>> = Arc::new(Mutex::new(None));
+            let jobs = questions
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    let listener = listener.clone();
+                    let failure = failure.clone();
+                    let cancel = cancel.as_ref().map(|c| c.inner.clone());
+                    let forward = move |e: &CoreEvent| {
+                        // A throwing listener stops the whole batch.
+                        if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                            return false;
+                        }
+                        let Some(l) = &listener else { return true };
+                        let failed = match catch_unwind(AssertUnwindSafe(|| l.on_event(i as u32, e.into()))) {
+                            Ok(Ok(go_on)) => return go_on,
+                            Ok(Err(ReckonError::Listener { reason })) => ReckonError::Listener { reason },
+                            Ok(Err(other)) => ReckonError::Listener { reason: other.to_string() },
+                            Err(_) => ReckonError::Listener { reason: "the listener panicked".into() },
+                        };
+                        failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failed);
+                        false
+                    };
+                    reckon::engine::Job {
+                        question: q.clone(),
+                        options: core.clone(),
+                        samples: vec![reckon::engine::Sample { tag: i as u64, seed: None, listener: Box::new(forward), cancel }],
+                    }
+                })
+                .collect();
+            let mut items: Vec<BatchItem> =
+                (0..questions.len() as u32).map(|index| BatchItem { index, result: None, error: None }).collect();
+            self.inner.solve_queue(jobs, parallel.max(1), core.threads, &mut |f| {
+                let item = &mut items[f.tag as usize];
+                match f.result {
+                    Ok(r) => item.result = Some(r.into()),
+                    Err(e) => item.error = Some(e.to_string()),
+                }
+            })?;
+            if let Some(err) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(err);
+            }
+            Ok(items)
         })
     }
 }

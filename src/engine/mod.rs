@@ -2,10 +2,12 @@
 //! budget-forcing controller against real decoding.
 //!
 //! One llama.cpp backend per process ([`backend`]). An [`Engine`] holds one
-//! loaded model and is shared across threads (`Arc<Engine>`); each solve gets
-//! its own context, and context creation is serialized because llama.cpp
-//! mutates the model while creating one.
+//! loaded model and is shared across threads (`Arc<Engine>`); each solve or
+//! [`Batch`] gets its own context, and context creation is serialized because
+//! llama.cpp mutates the model while creating one. Every solve runs on the
+//! batch's one decode loop (a single solve is a batch of one).
 
+mod batch;
 mod llama_log;
 pub mod quantize;
 mod sampling;
@@ -21,6 +23,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use serde::{Deserialize, Serialize};
 
+pub use batch::{Batch, BatchConfig, Finished, Job, Sample, SeqToken, MAX_SLOTS};
 pub use sampling::SamplingConfig;
 pub use session::{BareDecode, SolveOptions};
 pub use vocab::Vocab;

@@ -1,7 +1,9 @@
-//! One solve: prompt, prefill, then the controller's steps executed against
-//! llama.cpp. The KV cache is kept across injections: an extension or a
-//! forced delimiter is decoded on top of what is there, and held-back tokens
-//! are removed from the end of the cache, never re-processed.
+//! Solve options, prompt and context sizing, and the single-sequence tools
+//! that measure or check the engine (a bare decode loop, reference logits,
+//! prefill timing). Solving itself runs in [`super::batch`]: the KV cache is
+//! kept across injections (an extension or a forced delimiter is decoded on
+//! top of what is there; held-back tokens are removed from the end of the
+//! cache, never re-processed).
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -14,14 +16,12 @@ use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
 use super::{backend, Engine, SamplingConfig};
-use crate::answer::extract_answer;
-use crate::budget::{BudgetConfig, Controller, Emit, Finish, Segment, Step, ThinkEnd, TokenId};
+use crate::budget::{BudgetConfig, TokenId};
 use crate::error::{ReckonError, Result};
-use crate::events::{CancelHandle, Event, FinishReason, Listener, SolveResult, Timings};
 use crate::format::{render_prompt, DEFAULT_SYSTEM_PROMPT};
 
 /// Tokens decoded per llama.cpp call during prefill.
-const BATCH: usize = 512;
+pub(super) const BATCH: usize = 512;
 /// Context slack beyond what the budgets need (re-opened think blocks).
 const SLACK: u32 = 64;
 
@@ -51,7 +51,7 @@ impl Default for SolveOptions {
 }
 
 impl SolveOptions {
-    fn threads(&self) -> Result<i32> {
+    pub(super) fn threads(&self) -> Result<i32> {
         match self.threads {
             None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()) as i32),
             Some(t @ 1..=512) => Ok(t as i32),
@@ -86,7 +86,6 @@ struct Seq<'a> {
     n_ctx: u32,
     last_logits: i32,
     decoded: u32,
-    rolled_back: u32,
 }
 
 impl<'a> Seq<'a> {
@@ -110,18 +109,8 @@ impl<'a> Seq<'a> {
                 .with_type_v(KvCacheType::F32)
                 .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
         }
-        let ctx = {
-            // llama.cpp mutates the model while creating a context.
-            let _guard = engine.context_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut ctx = engine.model.new_context(backend()?, params).map_err(|e| ReckonError::Context(e.to_string()))?;
-            if let Some(adapter) = &engine.adapter {
-                let mut adapter = adapter.lock().unwrap_or_else(|p| p.into_inner());
-                ctx.lora_adapter_set(&mut adapter, engine.options.adapter_scale)
-                    .map_err(|e| ReckonError::Context(format!("setting the LoRA adapter: {e}")))?;
-            }
-            ctx
-        };
-        Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0, decoded: 0, rolled_back: 0 })
+        let ctx = engine.new_context(params)?;
+        Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0, decoded: 0 })
     }
 
     /// Append tokens to the sequence; logits for the last one.
@@ -151,30 +140,16 @@ impl<'a> Seq<'a> {
         Ok(())
     }
 
-    /// Remove the last `n` tokens from the sequence (and the KV cache).
-    fn rollback(&mut self, n: usize) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let from = self.pos.checked_sub(n as u32).ok_or_else(|| ReckonError::Internal("rollback past start".into()))?;
-        self.ctx
-            .clear_kv_cache_seq(Some(0), Some(from), None)
-            .map_err(|e| ReckonError::Decode(e.to_string()))?;
-        self.pos = from;
-        self.rolled_back += n as u32;
-        Ok(())
-    }
-
     fn sample(&self, sampler: &mut LlamaSampler) -> TokenId {
         sampler.sample(&self.ctx, self.last_logits).0
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn per_second(n: u32, ms: f64) -> f64 {
+pub(super) fn per_second(n: u32, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 / (ms / 1e3)
     } else {
@@ -183,6 +158,19 @@ fn per_second(n: u32, ms: f64) -> f64 {
 }
 
 impl Engine {
+    /// A llama.cpp context on this model, with the adapter set. Creation is
+    /// serialized: llama.cpp mutates the model while creating one.
+    pub(super) fn new_context(&self, params: LlamaContextParams) -> Result<LlamaContext<'_>> {
+        let _guard = self.context_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ctx = self.model.new_context(backend()?, params).map_err(|e| ReckonError::Context(e.to_string()))?;
+        if let Some(adapter) = &self.adapter {
+            let mut adapter = adapter.lock().unwrap_or_else(|p| p.into_inner());
+            ctx.lora_adapter_set(&mut adapter, self.options.adapter_scale)
+                .map_err(|e| ReckonError::Context(format!("setting the LoRA adapter: {e}")))?;
+        }
+        Ok(ctx)
+    }
+
     /// The prompt's tokens for a question, as a solve would decode them.
     pub fn prompt_tokens(&self, question: &str, options: &SolveOptions) -> Result<Vec<TokenId>> {
         if question.trim().is_empty() {
@@ -193,7 +181,7 @@ impl Engine {
         Ok(self.vocab.tokenize_prompt(&self.model, &pieces))
     }
 
-    fn context_size(&self, prompt: usize, budget: &BudgetConfig) -> Result<u32> {
+    pub(super) fn context_size(&self, prompt: usize, budget: &BudgetConfig) -> Result<u32> {
         let d = &self.delims;
         let budget_tokens = u64::from(budget.max_thinking_tokens)
             + (d.close.len() + d.answer_prefix.len()) as u64
@@ -212,155 +200,70 @@ impl Engine {
         Ok(padded.min(u64::from(limit)) as u32)
     }
 
-    /// Answer a question with budget forcing, streaming events to the
-    /// listener. Blocks the calling thread; `cancel` stops it from another.
-    pub fn solve(
-        &self,
-        question: &str,
-        options: &SolveOptions,
-        listener: &mut dyn Listener,
-        cancel: Option<&CancelHandle>,
-    ) -> Result<SolveResult> {
-        let t0 = Instant::now();
-        options.budget.validate()?;
-        options.sampling.validate()?;
-        let threads = options.threads()?;
-        let prompt = self.prompt_tokens(question, options)?;
-        let n_ctx = self.context_size(prompt.len(), &options.budget)?;
-
-        let t_ctx = Instant::now();
-        let mut seq = Seq::new(self, n_ctx, threads)?;
-        let context_ms = ms(t_ctx.elapsed());
-        let mut sampler = options.sampling.build(self.vocab.len() as i32);
-
-        let t_prefill = Instant::now();
-        seq.feed(&prompt)?;
-        let prefill_ms = ms(t_prefill.elapsed());
-
-        let mut run = Run::default();
-        let mut ctl = Controller::new(options.budget.clone(), self.delims.clone());
-        let t_decode = Instant::now();
-        let mut ttft_ms = None;
-        let mut sampled = 0u32;
-        let first = ctl.start(Duration::ZERO);
-        let mut finish = self.apply(first, &mut seq, &mut sampler, &mut run, listener)?;
-        while finish.is_none() {
-            if cancel.is_some_and(CancelHandle::is_cancelled) {
-                finish = Some(FinishReason::Cancelled);
-                break;
-            }
-            let step = ctl.check_time(t_decode.elapsed());
-            if step != Step::default() {
-                finish = self.apply(step, &mut seq, &mut sampler, &mut run, listener)?;
-                if finish.is_some() {
-                    break;
-                }
-            }
-            let token = seq.sample(&mut sampler);
-            sampled += 1;
-            ttft_ms.get_or_insert_with(|| ms(t0.elapsed()));
-            let step = ctl.accept(token, t_decode.elapsed(), &self.vocab);
-            finish = self.apply(step, &mut seq, &mut sampler, &mut run, listener)?;
-        }
-        let finish = finish.unwrap_or(FinishReason::EndOfTurn);
-        let decode_ms = ms(t_decode.elapsed());
-        listener.on_event(&Event::Done { finish });
-
-        let counts = ctl.counts();
-        let extracted = extract_answer(&run.answer, &run.thinking);
-        let think_end = ctl.think_end();
-        Ok(SolveResult {
-            format: self.format,
-            extracted_answer: extracted.as_ref().map(|e| e.value.clone()),
-            answer_source: extracted.map(|e| e.source),
-            thinking: run.thinking,
-            answer: run.answer,
-            prompt_tokens: prompt.len() as u32,
-            thinking_tokens: counts.thinking_generated,
-            injected_tokens: counts.thinking_injected,
-            delimiter_tokens: counts.other_injected,
-            answer_tokens: counts.answer_generated,
-            extensions: counts.extensions,
-            sampled_tokens: sampled,
-            decoded_tokens: seq.decoded,
-            rolled_back_tokens: seq.rolled_back,
-            forced_end: matches!(think_end, Some(ThinkEnd::TokenCap | ThinkEnd::TimeBudget)),
-            think_end,
-            finish,
-            timings: Timings {
-                load_ms: self.load_ms,
-                context_ms,
-                prefill_ms,
-                prefill_tok_s: per_second(prompt.len() as u32, prefill_ms),
-                ttft_ms: ttft_ms.unwrap_or(0.0),
-                decode_ms,
-                decode_tok_s: per_second(sampled, decode_ms),
-                injected_decode_ms: run.injected_decode_ms,
-                total_ms: ms(t0.elapsed()),
-            },
-        })
-    }
-
-    /// Execute one controller step: stream its text, roll back, feed.
-    fn apply(
-        &self,
-        step: Step,
-        seq: &mut Seq<'_>,
-        sampler: &mut LlamaSampler,
-        run: &mut Run,
-        listener: &mut dyn Listener,
-    ) -> Result<Option<FinishReason>> {
-        let mut keep_going = true;
-        for emit in step.emits {
-            let event = match emit {
-                Emit::Text { segment: Segment::Thinking, text } => {
-                    run.thinking.push_str(&text);
-                    Event::Thinking { text }
-                }
-                Emit::Text { segment: Segment::Answer, text } => {
-                    run.answer.push_str(&text);
-                    Event::Answer { text }
-                }
-                Emit::Injected { segment, text, reason } => {
-                    match segment {
-                        Segment::Thinking => run.thinking.push_str(&text),
-                        Segment::Answer => run.answer.push_str(&text),
-                    }
-                    Event::Injected { segment, text, reason }
-                }
-            };
-            keep_going &= listener.on_event(&event);
-        }
-        if let Some(done) = step.done {
-            return Ok(Some(match done {
-                Finish::EndOfTurn => FinishReason::EndOfTurn,
-                Finish::AnswerCap => FinishReason::AnswerCap,
-            }));
-        }
-        seq.rollback(step.rollback)?;
-        if seq.pos as usize + step.feed.len() > seq.n_ctx as usize {
-            log::warn!("context full at {} tokens: ending the answer", seq.pos);
-            return Ok(Some(FinishReason::AnswerCap));
-        }
-        let injected = &step.feed[step.sampled_fed..];
-        let t = Instant::now();
-        seq.feed(&step.feed)?;
-        if !injected.is_empty() {
-            let share = injected.len() as f64 / step.feed.len() as f64;
-            run.injected_decode_ms += ms(t.elapsed()) * share;
-            // Penalty samplers should see what is in the context.
-            for &tok in injected {
-                sampler.accept(LlamaToken(tok));
-            }
-        }
-        Ok(if keep_going { None } else { Some(FinishReason::Stopped) })
-    }
-
     /// A bare llama-cpp-2 greedy decode loop with no controller, for
     /// measuring the controller's overhead: prefill `prompt`, then decode
     /// exactly `n_predict` tokens (end-of-turn tokens included).
     pub fn bare_decode(&self, prompt: &[TokenId], n_predict: u32, threads: Option<u32>) -> Result<BareDecode> {
         self.bare_decode_with(prompt, n_predict, threads, false)
+    }
+
+    /// A bare batched greedy decode loop with no controllers, the shape of
+    /// `llama-batched-bench` with a shared prompt: `prompt` decoded once in
+    /// sequence 0 and copied to `n_seq` sequences, then `n_predict` tokens
+    /// for each, one `llama_decode` per step for all of them. `tokens` and
+    /// `decode_tok_s` are aggregates over the sequences.
+    pub fn bare_batched_decode(&self, prompt: &[TokenId], n_seq: u32, n_predict: u32, threads: Option<u32>) -> Result<BareDecode> {
+        let threads = SolveOptions { threads, ..SolveOptions::default() }.threads()?;
+        let slot = (prompt.len() as u64 + u64::from(n_predict) + 1).div_ceil(256) * 256;
+        let total = slot * u64::from(n_seq.max(1));
+        if n_seq == 0 || n_seq > super::batch::MAX_SLOTS || total > u64::from(self.context_limit()) {
+            return Err(ReckonError::BatchTooLarge {
+                slots: n_seq,
+                slot_context: slot.min(u64::from(u32::MAX)) as u32,
+                context_limit: self.context_limit(),
+                fits: (u64::from(self.context_limit()) / slot) as u32,
+            });
+        }
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(total as u32))
+            .with_n_batch(BATCH as u32)
+            .with_n_ubatch(BATCH as u32)
+            .with_n_seq_max(n_seq)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = self.new_context(params)?;
+        let mut batch = LlamaBatch::new(BATCH, 1);
+        let err = |e: &dyn std::fmt::Display| ReckonError::Decode(e.to_string());
+        let t = Instant::now();
+        for (ci, chunk) in prompt.chunks(BATCH).enumerate() {
+            batch.clear();
+            for (k, &tok) in chunk.iter().enumerate() {
+                let last = ci * BATCH + k + 1 == prompt.len();
+                batch.add(LlamaToken(tok), (ci * BATCH + k) as i32, &[0], last).map_err(|e| err(&e))?;
+            }
+            ctx.decode(&mut batch).map_err(|e| err(&e))?;
+        }
+        for s in 1..n_seq as i32 {
+            ctx.copy_kv_cache_seq(0, s, None, None).map_err(|e| err(&e))?;
+        }
+        let prefill_ms = ms(t.elapsed());
+        let mut sampler = LlamaSampler::greedy();
+        let mut idx = vec![batch.n_tokens() - 1; n_seq as usize];
+        let mut generated = Vec::with_capacity(n_predict as usize);
+        let t = Instant::now();
+        for step in 0..n_predict {
+            let tokens: Vec<LlamaToken> = idx.iter().map(|&i| sampler.sample(&ctx, i)).collect();
+            generated.push(tokens[0].0);
+            batch.clear();
+            for (s, &tok) in tokens.iter().enumerate() {
+                batch.add(tok, (prompt.len() as u32 + step) as i32, &[s as i32], true).map_err(|e| err(&e))?;
+                idx[s] = s as i32;
+            }
+            ctx.decode(&mut batch).map_err(|e| err(&e))?;
+        }
+        let decode_ms = ms(t.elapsed());
+        let tokens = n_predict * n_seq;
+        Ok(BareDecode { prompt_tokens: prompt.len() as u32, prefill_ms, tokens, decode_ms, decode_tok_s: per_second(tokens, decode_ms), generated })
     }
 
     /// The greedy continuation of `prompt` with keys and values cached in
@@ -432,11 +335,4 @@ impl Engine {
         seq.feed(tokens)?;
         Ok(ms(t.elapsed()))
     }
-}
-
-#[derive(Default)]
-struct Run {
-    thinking: String,
-    answer: String,
-    injected_decode_ms: f64,
 }

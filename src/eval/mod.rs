@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::answer::answers_match;
+use crate::answer::{answers_match, majority_vote, VoteCount};
 use crate::budget::{BudgetConfig, ThinkEnd};
-use crate::engine::{Engine, EngineOptions, SolveOptions};
+use crate::engine::{Engine, EngineOptions, Job, SolveOptions};
 use crate::error::{ReckonError, Result};
-use crate::events::{FinishReason, Silent};
+use crate::events::{FinishReason, SolveResult};
 pub use data::{OnBadLine, Problem};
 pub use report::{ConfigSummary, Summary};
 
@@ -90,8 +90,21 @@ pub struct Record {
     pub finish: FinishReason,
     /// Prompt tokens.
     pub prompt_tokens: u32,
-    /// Wall time of the solve.
+    /// Wall time this problem took of the run: since the previous problem
+    /// finished (with one sequence at a time, its solve time; in a batch,
+    /// the run's wall time divided among its problems).
     pub wall_ms: f64,
+    /// From the start of its solve to its end (in a batch, shared with the
+    /// other sequences).
+    #[serde(default)]
+    pub latency_ms: f64,
+    /// Completions drawn (self-consistency); token counts are their sums,
+    /// the extracted answer their majority vote.
+    #[serde(default = "one")]
+    pub samples: u32,
+    /// The vote, when there were several samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<VoteCount>,
     /// Decode tokens per second.
     pub decode_tok_s: f64,
     /// The thinking text.
@@ -100,7 +113,46 @@ pub struct Record {
     pub answer: String,
 }
 
+fn one() -> u32 {
+    1
+}
+
 impl Record {
+    /// The record of a problem from its completions (one, or several whose
+    /// answers are put to a majority vote). `wall_ms` is left to the caller.
+    pub fn from_results(problem: &Problem, results: &[SolveResult]) -> Self {
+        let sum = |f: fn(&SolveResult) -> u32| results.iter().map(f).sum::<u32>();
+        let vote = majority_vote(results.iter().map(|r| r.extracted_answer.as_deref()));
+        let extracted = if results.len() == 1 { results[0].extracted_answer.clone() } else { vote.answer.clone() };
+        // The text shown: the first completion that gave the chosen answer.
+        let shown = results
+            .iter()
+            .find(|r| r.extracted_answer.is_some() && r.extracted_answer == extracted)
+            .unwrap_or(&results[0]);
+        Record {
+            id: problem.id,
+            question: problem.question.clone(),
+            gold: problem.gold.clone(),
+            correct: extracted.as_deref().is_some_and(|a| answers_match(a, &problem.gold)),
+            extracted,
+            thinking_tokens: sum(|r| r.thinking_tokens),
+            injected_tokens: sum(|r| r.injected_tokens),
+            answer_tokens: sum(|r| r.answer_tokens),
+            extensions: sum(|r| r.extensions),
+            forced: shown.forced_end,
+            think_end: shown.think_end,
+            finish: shown.finish,
+            prompt_tokens: shown.prompt_tokens,
+            wall_ms: 0.0,
+            latency_ms: results.iter().map(|r| r.timings.total_ms).fold(0.0, f64::max),
+            decode_tok_s: results.iter().map(|r| r.timings.decode_tok_s).sum::<f64>() / results.len() as f64,
+            thinking: shown.thinking.clone(),
+            answer: shown.answer.clone(),
+            samples: results.len() as u32,
+            votes: if results.len() > 1 { vote.tally } else { Vec::new() },
+        }
+    }
+
     /// Thinking tokens, injected included (what the cap bounds).
     pub fn total_thinking(&self) -> u32 {
         self.thinking_tokens + self.injected_tokens
@@ -131,6 +183,10 @@ pub struct EvalPlan {
     /// Only summarize the records already on disk (partial results of a
     /// run still going, or interrupted); solve nothing.
     pub report_only: bool,
+    /// Sequences decoded together (continuous batching).
+    pub parallel: u32,
+    /// Completions per problem, answered by majority vote (1: none).
+    pub samples: u32,
 }
 
 /// What must match for records in `out` to be reused.
@@ -140,6 +196,8 @@ struct RunKey {
     system_prompt: Option<String>,
     max_answer_tokens: u32,
     min_thinking_tokens: u32,
+    #[serde(default = "one")]
+    samples: u32,
 }
 
 /// A label per model: the file stem, made unique.
@@ -211,6 +269,12 @@ pub fn read_records_with(path: &Path, repair: bool) -> Result<Vec<Record>> {
 
 /// Run (or resume) an evaluation and write its reports.
 pub fn run(plan: &EvalPlan) -> Result<Summary> {
+    if plan.samples > 1 && plan.base.sampling.temperature <= 0.0 {
+        return Err(ReckonError::InvalidOption(format!(
+            "{} samples per problem need a temperature above 0: greedy samples are all the same",
+            plan.samples
+        )));
+    }
     std::fs::create_dir_all(&plan.out).map_err(io(format!("creating {}", plan.out.display())))?;
     check_run_key(plan)?;
     let labels = model_labels(&plan.models);
@@ -264,35 +328,51 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
                 },
                 ..plan.base.clone()
             };
-            for p in todo {
-                let r = engine.solve(&p.question, &options, &mut Silent, None)?;
-                let record = Record {
-                    id: p.id,
-                    question: p.question.clone(),
-                    gold: p.gold.clone(),
-                    correct: r.extracted_answer.as_deref().is_some_and(|a| answers_match(a, &p.gold)),
-                    extracted: r.extracted_answer.clone(),
-                    thinking_tokens: r.thinking_tokens,
-                    injected_tokens: r.injected_tokens,
-                    answer_tokens: r.answer_tokens,
-                    extensions: r.extensions,
-                    forced: r.forced_end,
-                    think_end: r.think_end,
-                    finish: r.finish,
-                    prompt_tokens: r.prompt_tokens,
-                    wall_ms: r.timings.total_ms,
-                    decode_tok_s: r.timings.decode_tok_s,
-                    thinking: r.thinking,
-                    answer: r.answer,
+            let k = plan.samples.max(1);
+            let jobs: Vec<Job> = todo
+                .iter()
+                .enumerate()
+                .map(|(j, p)| Job::group(j as u64 * u64::from(k), p.question.clone(), options.clone(), k))
+                .collect();
+            let mut pending: std::collections::HashMap<usize, Vec<SolveResult>> = Default::default();
+            let mut failure: Option<ReckonError> = None;
+            let mut last = std::time::Instant::now();
+            engine.solve_queue(jobs, plan.parallel.max(k), plan.base.threads, &mut |f| {
+                let j = (f.tag / u64::from(k)) as usize;
+                let r = match f.result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        return;
+                    }
                 };
-                let mut line = serde_json::to_string(&record).map_err(|e| ReckonError::Internal(e.to_string()))?;
-                line.push('\n');
-                // One write per record: a kill leaves at most a partial last line.
-                file.write_all(line.as_bytes()).map_err(io(format!("writing {}", path.display())))?;
+                let results = pending.entry(j).or_default();
+                results.push(r);
+                if results.len() < k as usize || failure.is_some() {
+                    return;
+                }
+                let results = pending.remove(&j).unwrap_or_default();
+                let mut record = Record::from_results(todo[j], &results);
+                record.wall_ms = last.elapsed().as_secs_f64() * 1e3;
+                last = std::time::Instant::now();
+                let written = serde_json::to_string(&record)
+                    .map_err(|e| ReckonError::Internal(e.to_string()))
+                    .and_then(|mut line| {
+                        line.push('\n');
+                        // One write per record: a kill leaves at most a partial last line.
+                        file.write_all(line.as_bytes()).map_err(io(format!("writing {}", path.display())))
+                    });
+                if let Err(e) = written {
+                    failure.get_or_insert(e);
+                    return;
+                }
                 n += 1;
                 correct += usize::from(record.correct);
                 bar.set_message(format!("{label} {} acc {:.1}%", c.label, 100.0 * correct as f64 / n as f64));
                 bar.inc(1);
+            })?;
+            if let Some(e) = failure {
+                return Err(e);
             }
             file.flush().map_err(io("flushing records"))?;
         }
@@ -314,6 +394,7 @@ fn check_run_key(plan: &EvalPlan) -> Result<()> {
         system_prompt: plan.base.system_prompt.clone(),
         max_answer_tokens: plan.base.budget.max_answer_tokens,
         min_thinking_tokens: plan.base.budget.min_thinking_tokens,
+        samples: plan.samples,
     };
     let path = plan.out.join("run.json");
     if let Ok(text) = std::fs::read_to_string(&path) {

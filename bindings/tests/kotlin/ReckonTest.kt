@@ -238,6 +238,32 @@ fun main(args: Array<String>) {
         reckon.close()
     }
 
+    test("solveBatch grades a worksheet, one bad question reported in its item") {
+        val texts = java.util.concurrent.ConcurrentHashMap<UInt, StringBuilder>()
+        val listener = object : BatchListener {
+            override fun onEvent(index: UInt, event: SolveEvent): Boolean {
+                val t = when (event) {
+                    is SolveEvent.Thinking -> event.text
+                    is SolveEvent.Answer -> event.text
+                    is SolveEvent.Injected -> event.text
+                    else -> ""
+                }
+                texts.getOrPut(index) { StringBuilder() }.append(t)
+                return true
+            }
+        }
+        val items = engine.solveBatch(listOf("What is 2 + 3?", "", JANET), short, 2u, listener, null)
+        check(items.map { it.index } == listOf(0u, 1u, 2u)) { "$items" }
+        check(items[1].result == null && items[1].error!!.contains("empty")) { "${items[1]}" }
+        for (i in listOf(0, 2)) {
+            val r = items[i].result ?: error("item $i: ${items[i].error}")
+            check(r.thinkingTokens + r.injectedTokens <= 24u) { "cap exceeded" }
+            check(texts[i.toUInt()].toString() == r.thinking + r.answer) { "events of $i differ from its result" }
+        }
+        val single = engine.solve(JANET, short, Collect(), null)
+        check(items[2].result!!.extractedAnswer == single.extractedAnswer) { "batched ${items[2].result} vs single $single" }
+    }
+
     engine.close()
     println("$passed passed, $failed failed")
     if (failed > 0) kotlin.system.exitProcess(1)

@@ -163,5 +163,30 @@ def listener_exception_surfaces():
     assert engine.solve(JANET, SHORT, Collect(), None).finish != r.FinishReason.STOPPED
 
 
+@test
+def solve_batch_grades_a_worksheet_and_reports_bad_questions_per_item():
+    class Tagged(r.BatchListener):
+        def __init__(self):
+            self.text = {}
+
+        def on_event(self, index, event):
+            if event.is_THINKING() or event.is_ANSWER() or event.is_INJECTED():
+                self.text[index] = self.text.get(index, "") + event.text
+            return True
+
+    questions = ["What is 2 + 3?", "   ", JANET, "What is 7 * 6?"]
+    tagged = Tagged()
+    items = engine.solve_batch(questions, SHORT, 3, tagged, None)
+    assert [i.index for i in items] == [0, 1, 2, 3], items
+    assert items[1].result is None and "empty" in items[1].error, items[1]
+    single = engine.solve(JANET, SHORT, Collect(), None)
+    for i in (0, 2, 3):
+        res = items[i].result
+        assert res is not None and items[i].error is None, items[i]
+        assert res.thinking_tokens + res.injected_tokens <= 24, res
+        assert tagged.text[i] == res.thinking + res.answer, (i, tagged.text[i], res)
+    assert items[2].result.extracted_answer == single.extracted_answer, (items[2].result, single)
+
+
 print(f"{results['passed']} passed, {results['failed']} failed")
 sys.exit(1 if results["failed"] else 0)

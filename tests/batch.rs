@@ -1,0 +1,307 @@
+//! The batched engine with the real default model: many budget-forced
+//! sequences in one llama.cpp context.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::{engine, options, JANET, SHORT};
+use reckon::budget::{InjectReason, ThinkEnd};
+use reckon::engine::{BatchConfig, Engine, EngineOptions, Finished, Job, Sample, SamplingConfig, SolveOptions};
+use reckon::format::ThinkFormat;
+use reckon::eval::data::{self, Problem};
+use reckon::eval::OnBadLine;
+use reckon::events::{CancelHandle, Event, FinishReason};
+use reckon::{ReckonError, SolveResult};
+
+fn problems(n: usize) -> Vec<Problem> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/gsm8k/test-1000.jsonl");
+    data::load(&p, 0, Some(n), OnBadLine::Stop).expect("shared GSM8K test data").0
+}
+
+fn ok(f: &Finished) -> &SolveResult {
+    f.result.as_ref().unwrap_or_else(|e| panic!("completion {} failed: {e}", f.tag))
+}
+
+fn run_queue(jobs: Vec<Job<'_>>, slots: u32) -> Vec<Finished> {
+    let e = engine();
+    let mut out = Vec::new();
+    e.solve_queue(jobs, slots, Some(2), &mut |f| out.push(f)).unwrap();
+    out.sort_by_key(|f| f.tag);
+    out
+}
+
+/// Token-level agreement of two completions: the length of the common prefix.
+fn common_prefix(a: &Finished, b: &Finished) -> usize {
+    a.tokens.iter().zip(&b.tokens).take_while(|(x, y)| x.id == y.id).count()
+}
+
+#[test]
+fn greedy_batched_answers_agree_with_the_single_path_on_20_gsm8k_questions() {
+    let e = engine();
+    let ps = problems(20);
+    let opts = options(0, 96, 32);
+    let jobs = ps.iter().enumerate().map(|(i, p)| Job::single(i as u64, p.question.clone(), opts.clone())).collect();
+    let batched = run_queue(jobs, 4);
+    let (mut same_answer, mut same_tokens, mut prefix, mut total) = (0, 0, 0, 0);
+    for (p, b) in ps.iter().zip(&batched) {
+        // The single path is a batch of one.
+        let single = e.solve_samples(&p.question, &opts, vec![Sample::silent(0, None)], Some(2)).unwrap().remove(0);
+        let (s, r) = (ok(&single), ok(b));
+        same_answer += usize::from(s.extracted_answer == r.extracted_answer);
+        same_tokens += usize::from(single.tokens == b.tokens);
+        prefix += common_prefix(&single, b);
+        total += single.tokens.len();
+        assert_eq!(r.total_thinking_tokens(), 96.min(r.total_thinking_tokens()), "cap held");
+    }
+    eprintln!(
+        "batched (4 slots) vs single, 20 GSM8K questions at cap 96: {same_answer}/20 extracted answers equal, \
+         {same_tokens}/20 token streams identical, {prefix}/{total} tokens in common prefixes"
+    );
+    assert!(same_answer >= 18, "only {same_answer}/20 extracted answers agree");
+}
+
+/// The default model forced into the R1 format: asked to stop before a
+/// floor, it writes a multi-token `</think>`, which is held, then rolled back.
+fn r1_engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::load(common::model_path(), EngineOptions { format: Some(ThinkFormat::R1), ..EngineOptions::default() }).unwrap())
+}
+
+#[test]
+fn sequences_side_by_side_keep_their_own_budgets_cancels_and_caches() {
+    let e = r1_engine();
+    let cancel = CancelHandle::new();
+    let c2 = cancel.clone();
+    let mut n_events = 0;
+    // Cancels itself after its 10th thinking event, while the others go on.
+    let canceller = move |ev: &Event| {
+        n_events += usize::from(matches!(ev, Event::Thinking { .. }));
+        if n_events == 10 {
+            c2.cancel();
+        }
+        true
+    };
+    let floor = options(60, 120, 16);
+    let jobs = vec![
+        // 0: a floor far above the natural end: "</think>" held and rolled
+        // back, "Wait" injected, extensions counted.
+        (SHORT, floor.clone()),
+        // 1: hits a small cap while the others continue.
+        (JANET, options(0, 16, 8)),
+        // 2: cancelled mid-way.
+        (JANET, options(0, 400, 16)),
+        // 3: an ordinary solve next to all of that.
+        (JANET, options(0, 64, 16)),
+    ];
+    let mut batch = e.batch(BatchConfig { slots: 4, slot_context: 1024, threads: Some(2) }).unwrap();
+    let mut canceller = Some(canceller);
+    for (i, (q, o)) in jobs.iter().enumerate() {
+        let sample = match (i, canceller.take()) {
+            (2, Some(c)) => Sample { tag: 2, seed: None, listener: Box::new(c), cancel: Some(cancel.clone()) },
+            (_, c) => {
+                canceller = c;
+                Sample::silent(i as u64, None)
+            }
+        };
+        batch.submit(Job { question: q.to_string(), options: o.clone(), samples: vec![sample] }).unwrap();
+    }
+    let mut out = Vec::new();
+    let mut steps = 0;
+    while !batch.is_idle() {
+        out.extend(batch.step());
+        batch.check_cells().unwrap_or_else(|err| panic!("after step {steps}: {err}"));
+        steps += 1;
+    }
+    out.sort_by_key(|f| f.tag);
+    assert_eq!(out.len(), 4);
+
+    let floored = ok(&out[0]);
+    assert!(floored.rolled_back_tokens > 0, "the held </think> was rolled back: {floored:?}");
+    assert!(floored.extensions >= 1 && floored.thinking.contains("Wait"), "{floored:?}");
+    let injected = out[0].tokens.iter().filter(|t| !t.sampled).count() as u32;
+    assert_eq!(injected, floored.injected_tokens + floored.delimiter_tokens, "injected tokens are recorded as such");
+    assert!(floored.total_thinking_tokens() >= 60 || floored.forced_end, "the floor held");
+
+    let capped = ok(&out[1]);
+    assert_eq!(capped.total_thinking_tokens(), 16, "the cap is exact");
+    assert_eq!(capped.think_end, Some(ThinkEnd::TokenCap));
+
+    let cancelled = ok(&out[2]);
+    assert_eq!(cancelled.finish, FinishReason::Cancelled);
+    assert!(cancelled.thinking_tokens >= 10 && cancelled.thinking_tokens <= 11, "stopped within a step: {}", cancelled.thinking_tokens);
+
+    // Each job alone in a batch of its own: the same answer (tokens may
+    // differ where llama.cpp's kernels round differently at another batch
+    // shape, and then where a floor's run ends is chaotic; the common prefix
+    // is reported).
+    for (i, (q, o)) in jobs.iter().enumerate().filter(|(i, _)| *i != 2) {
+        let alone = e.solve_samples(q, o, vec![Sample::silent(0, None)], Some(2)).unwrap().remove(0);
+        let (a, b) = (ok(&alone), ok(&out[i]));
+        eprintln!("job {i} batched vs alone: {} of {} tokens in common prefix", common_prefix(&alone, &out[i]), alone.tokens.len());
+        assert_eq!(a.extracted_answer, b.extracted_answer, "job {i}");
+    }
+}
+
+#[test]
+fn a_prompt_shared_by_g_samples_is_decoded_once_and_seeds_reproduce() {
+    let e = engine();
+    let opts = SolveOptions {
+        sampling: SamplingConfig { temperature: 0.8, seed: 7, ..SamplingConfig::default() },
+        ..options(0, 48, 16)
+    };
+    let group = |g| e.solve_samples(JANET, &opts, (0..g).map(|i| Sample::silent(i, Some(7 + i as u32))).collect(), Some(2)).unwrap();
+    let a = group(4);
+    let prompt = a[0].prompt.len() as u32;
+    assert!(prompt > 50);
+    let decoded: Vec<u32> = a.iter().map(|f| ok(f).decoded_tokens).collect();
+    // Tokens each completion fed after the prompt (the last sampled one is
+    // not decoded when it ends the reply).
+    let fed: Vec<u32> = a.iter().map(|f| f.tokens.len() as u32).collect();
+    let leaders = decoded.iter().zip(&fed).filter(|(d, f)| **d + 1 >= prompt + **f).count();
+    assert_eq!(leaders, 1, "exactly one slot decoded the prompt: decoded {decoded:?}, fed {fed:?}, prompt {prompt}");
+    let total: u32 = decoded.iter().sum();
+    assert!(total <= prompt + fed.iter().sum::<u32>(), "prompt decoded once: {total} > {prompt} + {fed:?}");
+
+    let texts: HashSet<&str> = a.iter().map(|f| ok(f).thinking.as_str()).collect();
+    assert!(texts.len() >= 2, "different seeds give different samples");
+    for f in &a {
+        let r = ok(f);
+        assert!(r.total_thinking_tokens() <= 48);
+        for t in &f.tokens {
+            match (t.sampled, t.logprob) {
+                (true, Some(lp)) => assert!(lp.is_finite() && lp <= 0.0, "logprob {lp}"),
+                (false, None) => {}
+                other => panic!("sampled/logprob mismatch: {other:?}"),
+            }
+        }
+    }
+    let b = group(4);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.tokens, y.tokens, "same seeds and slot order reproduce the samples");
+    }
+}
+
+#[test]
+fn logprobs_are_those_of_the_distribution_sampled_from() {
+    let e = engine();
+    // Temperature 0.7 alone (no truncation): log p = log_softmax(logits / 0.7).
+    let t = 0.7f32;
+    let opts = SolveOptions {
+        sampling: SamplingConfig { temperature: t, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 3, ..SamplingConfig::default() },
+        ..options(0, 12, 4)
+    };
+    let f = e.solve_samples(JANET, &opts, vec![Sample::silent(0, None)], Some(2)).unwrap().remove(0);
+    ok(&f);
+    let mut seq = f.prompt.clone();
+    let n_check = 8.min(f.tokens.len());
+    seq.extend(f.tokens[..n_check].iter().map(|t| t.id));
+    let logits = e.logits(&seq, Some(2)).unwrap();
+    for (k, tok) in f.tokens[..n_check].iter().enumerate() {
+        let row = &logits[f.prompt.len() + k - 1];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&l| (f64::from((l - max) / t)).exp()).sum();
+        let want = f64::from((row[tok.id as usize] - max) / t) - z.ln();
+        let got = f64::from(tok.logprob.expect("sampled"));
+        // Engine::logits caches keys in F32; a solve caches them in F16.
+        assert!((got - want).abs() < 0.05, "token {k}: logprob {got} vs reference {want}");
+    }
+    // Greedy picks have probability 1.
+    let g = e.solve_samples(JANET, &options(0, 8, 4), vec![Sample::silent(0, None)], Some(2)).unwrap().remove(0);
+    assert!(g.tokens.iter().filter(|t| t.sampled).all(|t| t.logprob == Some(0.0)));
+}
+
+#[test]
+fn continuous_batching_runs_20_questions_through_4_slots_without_leaks() {
+    let e = engine();
+    let ps = problems(20);
+    let opts = options(0, 24, 8);
+    let mut batch = e.batch(BatchConfig { slots: 4, slot_context: 512, threads: Some(2) }).unwrap();
+    let mut next = 0;
+    let mut done: Vec<Finished> = Vec::new();
+    let mut most_live = 0;
+    while next < ps.len() || !batch.is_idle() {
+        while next < ps.len() && batch.free_slots() > 0 {
+            batch.submit(Job::single(next as u64, ps[next].question.clone(), opts.clone())).unwrap();
+            next += 1;
+        }
+        most_live = most_live.max(batch.live());
+        done.extend(batch.step());
+    }
+    assert_eq!(most_live, 4);
+    assert_eq!(batch.free_slots(), 4, "every slot freed");
+    let tags: HashSet<u64> = done.iter().map(|f| f.tag).collect();
+    assert_eq!(tags, (0..20).collect(), "every question finished once");
+    for f in &done {
+        let r = ok(f);
+        assert_eq!(r.total_thinking_tokens(), 24);
+        assert!(r.answer_tokens <= 8);
+    }
+    // A full batch refuses more work, and takes it again once freed.
+    for i in 0..4 {
+        batch.submit(Job::single(100 + i, SHORT, opts.clone())).unwrap();
+    }
+    let err = batch.submit(Job::single(200, SHORT, opts.clone())).unwrap_err();
+    assert!(err.to_string().contains("free"), "{err}");
+    assert_eq!(batch.run_to_end().len(), 4);
+    assert!(batch.is_idle());
+}
+
+#[test]
+fn batches_that_cannot_fit_are_refused_before_decoding_and_bad_jobs_alone_fail() {
+    let e = engine();
+    match e.batch(BatchConfig { slots: 64, slot_context: 2048, threads: Some(2) }) {
+        Err(ReckonError::BatchTooLarge { fits, .. }) => assert_eq!(fits, 32768 / 2048),
+        other => panic!("expected BatchTooLarge, got {other:?}"),
+    }
+    let msg = e.batch(BatchConfig { slots: 64, slot_context: 2048, threads: None }).unwrap_err().to_string();
+    assert!(msg.contains("16 fit"), "{msg}");
+    assert!(e.batch(BatchConfig { slots: 0, slot_context: 256, threads: None }).is_err());
+
+    let long = "How many? ".repeat(20_000);
+    let jobs = vec![
+        Job::single(0, SHORT, options(0, 16, 4)),
+        Job::single(1, long, options(0, 16, 4)),
+        Job::single(2, "  ", options(0, 16, 4)),
+        Job::single(3, SHORT, options(9, 4, 4)),
+    ];
+    let out = run_queue(jobs, 4);
+    assert!(ok(&out[0]).total_thinking_tokens() <= 16);
+    assert!(matches!(out[1].result, Err(ReckonError::PromptTooLong { .. })), "{:?}", out[1].result);
+    assert!(matches!(out[2].result, Err(ReckonError::EmptyQuestion)), "{:?}", out[2].result);
+    assert!(matches!(out[3].result, Err(ReckonError::InvalidBudget(_))), "{:?}", out[3].result);
+}
+
+#[test]
+fn a_forced_end_in_one_slot_injects_only_there() {
+    let e = engine();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let jobs = vec![
+        Job::single(0, JANET, options(0, 8, 8)),
+        Job {
+            question: JANET.into(),
+            options: options(0, 200, 8),
+            samples: vec![Sample {
+                tag: 1,
+                seed: None,
+                listener: Box::new(move |ev: &Event| {
+                    if let Event::Injected { reason, .. } = ev {
+                        s2.lock().unwrap().push(*reason);
+                    }
+                    true
+                }),
+                cancel: None,
+            }],
+        },
+    ];
+    let out = run_queue(jobs, 2);
+    assert_eq!(ok(&out[0]).think_end, Some(ThinkEnd::TokenCap));
+    let long = ok(&out[1]);
+    assert!(long.total_thinking_tokens() > 8, "the other sequence kept thinking past the first one's cap");
+    let reasons = seen.lock().unwrap().clone();
+    assert!(reasons.iter().all(|r| *r == InjectReason::TokenCap) && reasons.len() <= 1, "{reasons:?}");
+    assert_eq!(long.forced_end, !reasons.is_empty());
+}
