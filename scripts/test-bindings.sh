@@ -40,11 +40,17 @@ KLIB="$TOOLS/node_modules/kotlin-compiler/lib"
 JNA=/usr/share/java/jna.jar
 CP="$JNA:$KLIB/kotlinx-coroutines-core-jvm.jar"
 mkdir -p target/kotlin-test
-"$KOTLINC" -nowarn \
+# A failed compile fails the run: no stale jar is ever run in its place.
+rm -f target/kotlin-test/test.jar
+if ! "$KOTLINC" -nowarn \
   "$OUT/kotlin/dev/reckon/ffi/reckon_ffi.kt" \
   android/src/main/kotlin/dev/reckon/Reckon.kt \
   bindings/tests/kotlin/ReckonTest.kt \
-  -cp "$CP" -d target/kotlin-test/test.jar 2>&1 | grep -v '^warning:' || true
+  -cp "$CP" -d target/kotlin-test/test.jar > target/kotlin-test/kotlinc.log 2>&1; then
+  grep -v '^warning:' target/kotlin-test/kotlinc.log >&2
+  echo "error: the Kotlin test did not compile" >&2
+  exit 1
+fi
 java -Djna.library.path=target/release -cp "target/kotlin-test/test.jar:$CP:$KLIB/kotlin-stdlib.jar" ReckonTestKt "$MODEL" \
   | tee "$OUT/kotlin.result"
 

@@ -4,6 +4,7 @@
 
 import dev.reckon.Reckon
 import dev.reckon.SolveUpdate
+import dev.reckon.ffi.BatchListener
 import dev.reckon.ffi.CancelToken
 import dev.reckon.ffi.Engine
 import dev.reckon.ffi.EngineOptions
