@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// single-sequence reference.
     #[arg(long, value_delimiter = ',')]
     parallel: Vec<u32>,
+    /// Batches keep all sequences in one unified KV cache (see
+    /// EngineOptions::unified_kv) instead of one stream per sequence.
+    #[arg(long)]
+    unified_kv: bool,
     /// The question.
     #[arg(long, default_value = SAMPLE_QUESTION)]
     question: String,
@@ -342,7 +346,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut extension = None;
     let mut parallel = Vec::new();
     for (i, path) in paths.iter().enumerate() {
-        let engine = Engine::load(path, EngineOptions::default())?;
+        let engine = Engine::load(path, EngineOptions { unified_kv: args.unified_kv, ..EngineOptions::default() })?;
         rows.push(model_row(&engine, &args, &opts, &bar)?);
         if i == 0 {
             extension = Some(extension_row(&engine, &args, &opts, &bar)?);

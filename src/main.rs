@@ -103,9 +103,11 @@ struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     seed: u32,
     /// Sequences decoded together in one context (continuous batching: when
-    /// a problem finishes, the next starts in its slot).
-    #[arg(long, default_value_t = 8)]
-    parallel: u32,
+    /// a problem finishes, the next starts in its slot). Default: 16 (the
+    /// fastest measured on 2 cores), or as many as fit the context; a value
+    /// given here that does not fit is refused, saying how many fit.
+    #[arg(long)]
+    parallel: Option<u32>,
     /// Completions per problem, answered by majority vote of their extracted
     /// answers (self-consistency; needs --temperature > 0). Token counts in
     /// the records and summary are the sums over the samples.

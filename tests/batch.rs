@@ -305,3 +305,33 @@ fn a_forced_end_in_one_slot_injects_only_there() {
     assert!(reasons.iter().all(|r| *r == InjectReason::TokenCap) && reasons.len() <= 1, "{reasons:?}");
     assert_eq!(long.forced_end, !reasons.is_empty());
 }
+
+#[test]
+fn a_unified_kv_cache_keeps_every_sequence_to_its_own_cells() {
+    let e = Engine::load(common::model_path(), EngineOptions { unified_kv: true, ..EngineOptions::default() }).unwrap();
+    let ps = problems(6);
+    let mut batch = e.batch(BatchConfig { slots: 4, slot_context: 512, threads: Some(2) }).unwrap();
+    let sampled = SolveOptions { sampling: SamplingConfig { temperature: 0.8, ..SamplingConfig::default() }, ..options(0, 24, 8) };
+    // A group of 3 sharing one prompt, next to single questions.
+    batch.submit(Job::group(100, JANET, sampled, 3)).unwrap();
+    let mut next = 0;
+    let mut done = Vec::new();
+    while next < ps.len() || !batch.is_idle() {
+        while next < ps.len() && batch.free_slots() > 0 {
+            batch.submit(Job::single(next as u64, ps[next].question.clone(), options(0, 24, 8))).unwrap();
+            next += 1;
+        }
+        done.extend(batch.step());
+        batch.check_cells().unwrap();
+    }
+    assert_eq!(done.len(), 9);
+    assert!(batch.is_idle());
+    for f in &done {
+        assert_eq!(ok(f).total_thinking_tokens(), 24);
+    }
+    let group: Vec<&Finished> = done.iter().filter(|f| f.tag >= 100).collect();
+    let prompt = group[0].prompt.len() as u32;
+    let decoded: u32 = group.iter().map(|f| ok(f).decoded_tokens).sum();
+    let fed: u32 = group.iter().map(|f| f.tokens.len() as u32).sum();
+    assert!(decoded <= prompt + fed, "the shared prompt was decoded once");
+}

@@ -515,6 +515,7 @@ impl Engine {
                 gpu_layers: options.gpu_layers,
                 adapter: options.adapter_path.map(Into::into),
                 adapter_scale: options.adapter_scale,
+                unified_kv: false,
             };
             let inner = reckon::Engine::load(&model_path, core)?;
             Ok(Arc::new(Self { inner }))

@@ -3,7 +3,8 @@
 //! RL rollouts and the server use more slots.
 //!
 //! Each slot is one llama.cpp sequence (`seq_id` = slot index, its own KV
-//! stream of `slot_context` cells) with its own [`Controller`], sampler
+//! stream of `slot_context` cells, or a share of one unified cache with
+//! `EngineOptions::unified_kv`) with its own [`Controller`], sampler
 //! (seed), listener and cancel handle. A [`Batch::step`] samples every slot
 //! whose logits are ready, executes each controller's step for that slot
 //! only (a rollback removes that sequence's cells; "Wait" and forced
@@ -19,10 +20,8 @@
 //! drawn from (the trainer's behaviour log-probs).
 
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -31,7 +30,7 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
-use super::session::{ms, per_second, BATCH};
+use super::session::{batch_params, ms, per_second, BATCH};
 use super::{Engine, SolveOptions};
 use crate::answer::extract_answer;
 use crate::budget::{Controller, Emit, Finish, Segment, Step, ThinkEnd, TokenId};
@@ -251,15 +250,8 @@ impl Engine {
                 fits: limit / slot_context,
             });
         }
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(total as u32))
-            .with_n_batch(BATCH as u32)
-            .with_n_ubatch(BATCH as u32)
-            .with_n_seq_max(config.slots)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
         let t = Instant::now();
-        let ctx = self.new_context(params)?;
+        let ctx = self.new_context(batch_params(total as u32, config.slots, threads, self.options.unified_kv))?;
         let n_vocab = self.vocab.len();
         Ok(Batch {
             engine: self,
@@ -747,8 +739,9 @@ impl<'a> Batch<'a> {
             if !follows {
                 continue;
             }
-            // A whole-sequence copy: across KV streams llama.cpp copies the
-            // cells at the next decode, before the new tokens are placed.
+            // Across KV streams llama.cpp copies the cells at the next decode,
+            // before the new tokens are placed (in a unified cache it shares
+            // them).
             if let Err(e) = self.ctx.copy_kv_cache_seq(leader as i32, j as i32, None, None) {
                 let slot = self.slots[j].as_mut().expect("follower is live");
                 slot.finish = Some(Err(ReckonError::Decode(e.to_string())));

@@ -75,6 +75,14 @@ pub struct EngineOptions {
     pub adapter: Option<PathBuf>,
     /// The adapter's strength: 1.0 as trained, 0.0 off.
     pub adapter_scale: f32,
+    /// Batches keep every sequence in one unified KV cache instead of one
+    /// stream per sequence: one ubatch per step whatever slots are live, and
+    /// a prompt shared by G samples stored once. Measured on a 2-core AVX2
+    /// machine at 8 sequences: ~10% more aggregate tok/s, but greedy outputs
+    /// agree less often with a single solve (llama.cpp's attention then runs
+    /// over the shared cache and rounds differently). Off by default.
+    #[serde(default)]
+    pub unified_kv: bool,
 }
 
 impl Default for EngineOptions {
@@ -85,6 +93,7 @@ impl Default for EngineOptions {
             max_context: None,
             adapter: None,
             adapter_scale: 1.0,
+            unified_kv: false,
         }
     }
 }

@@ -157,6 +157,41 @@ pub(super) fn per_second(n: u32, ms: f64) -> f64 {
     }
 }
 
+/// Context parameters for `slots` sequences: by default one KV stream per
+/// sequence (its own cells, attention computed as for a single sequence);
+/// with `unified`, every sequence's cells in one stream, so a step's tokens
+/// are one ubatch whatever slots are live and a prompt copied to G sequences
+/// is stored once (`seq_cp` shares cells).
+///
+/// llama-cpp-2 exposes no setter for `kv_unified`, so it is set on the
+/// wrapped `llama_context_params` directly, after checking that the wrapper
+/// is exactly that struct (same size, known fields read back through the
+/// pointer); if not, the cache stays split per sequence, which is correct
+/// too.
+pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool) -> LlamaContextParams {
+    let mut params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(BATCH as u32)
+        .with_n_ubatch(BATCH as u32)
+        .with_n_seq_max(slots)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    if unified && slots > 1 && std::mem::size_of::<LlamaContextParams>() == std::mem::size_of::<llama_cpp_sys_2::llama_context_params>() {
+        let raw = (&mut params as *mut LlamaContextParams).cast::<llama_cpp_sys_2::llama_context_params>();
+        // SAFETY: the wrapper's only field is a `llama_context_params` (same
+        // size, checked above); the read-back below confirms it sits at
+        // offset 0 before anything is written.
+        unsafe {
+            if (*raw).n_seq_max == params.n_seq_max() && (*raw).n_ctx == params.n_ctx().map_or(0, NonZeroU32::get) {
+                (*raw).kv_unified = true;
+            } else {
+                log::warn!("llama-cpp-2's context params are laid out unexpectedly: one KV stream per sequence");
+            }
+        }
+    }
+    params
+}
+
 impl Engine {
     /// A llama.cpp context on this model, with the adapter set. Creation is
     /// serialized: llama.cpp mutates the model while creating one.
@@ -224,14 +259,7 @@ impl Engine {
                 fits: (u64::from(self.context_limit()) / slot) as u32,
             });
         }
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(total as u32))
-            .with_n_batch(BATCH as u32)
-            .with_n_ubatch(BATCH as u32)
-            .with_n_seq_max(n_seq)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = self.new_context(params)?;
+        let mut ctx = self.new_context(batch_params(total as u32, n_seq, threads, self.options.unified_kv))?;
         let mut batch = LlamaBatch::new(BATCH, 1);
         let err = |e: &dyn std::fmt::Display| ReckonError::Decode(e.to_string());
         let t = Instant::now();
