@@ -3,7 +3,8 @@
 //!
 //! Layers: [`model`] (a training-mode Qwen2 with LoRA and a KV-cached
 //! sampling path), [`weights`] and [`tokenizer`] (HF safetensors, GGUF with
-//! its vocabulary), [`data`] (SFT records in the s1 format), [`optim`]
+//! its vocabulary), [`data`] (SFT records in the s1 format), [`longtrace`]
+//! (long reasoning traces from GSM8K solutions), [`optim`]
 //! (AdamW, schedule, clipping), [`checkpoint`] (verified, resumable),
 //! [`train`] (the SFT loop), [`bench`] (throughput and MFU), [`plot`].
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod export;
 pub mod grpo;
+pub mod longtrace;
 pub mod model;
 pub mod objective;
 pub mod optim;

@@ -153,6 +153,30 @@ enum DataCmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// GSM8K lines to *long* reasoning traces (the SFT stage that makes a
+    /// model verbose): each worked solution kept in order, with the question
+    /// restated, every calculation re-checked ("Wait, let me verify ...",
+    /// with the inverse operation where there is one), the whole chain
+    /// retraced and the answer checked against the question. Phrasing is
+    /// drawn per problem from --seed; the same command writes the same file.
+    /// Also writes OUT.stats.json (word-count means and deciles, plain vs long).
+    Gsm8kLong {
+        /// GSM8K JSONL (e.g. ../shared/data/gsm8k/train.jsonl).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the SFT JSONL.
+        #[arg(long)]
+        out: PathBuf,
+        /// First line to use (0-based), e.g. to keep SFT and RL problems apart.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Problems to convert (default: all from --offset on).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Seed of the phrasing.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -238,6 +262,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             train::write_metrics(&out, &recs).with_context(|| format!("cannot write {}", out.display()))?;
             println!("{} SFT records written to {}", recs.len(), out.display());
+        }
+        Cmd::Data { which: DataCmd::Gsm8kLong { input, out, offset, limit, seed } } => {
+            let (recs, stats) = reckon_trainer::longtrace::gsm8k_long(&input, seed, offset, limit)?;
+            train::write_metrics(&out, &recs).with_context(|| format!("cannot write {}", out.display()))?;
+            let stats_path = out.with_extension("stats.json");
+            std::fs::write(&stats_path, serde_json::to_string_pretty(&stats)?).with_context(|| format!("cannot write {}", stats_path.display()))?;
+            println!(
+                "{} long-trace SFT records written to {} (lines {}..{}, seed {seed})",
+                recs.len(),
+                out.display(),
+                offset,
+                offset + recs.len()
+            );
+            println!(
+                "words per trace: mean {:.0} vs {:.0} in the plain solutions ({:.2}x); deciles {:?}",
+                stats.long_mean_words, stats.plain_mean_words, stats.ratio, stats.long_word_deciles
+            );
+            println!("statistics in {}", stats_path.display());
         }
         Cmd::Bench { shapes, batch, seq_len, steps, peak_gflops, device, json } => {
             let dev = train::device(&device)?;

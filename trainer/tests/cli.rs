@@ -32,6 +32,34 @@ fn data_gsm8k_turns_train_lines_into_sft_records() {
 }
 
 #[test]
+fn data_gsm8k_long_writes_long_traces_and_their_length_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("long.jsonl");
+    let input = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gsm8k/train.jsonl");
+    let run = |out: &std::path::Path| {
+        bin().args(["data", "gsm8k-long", "--input"]).arg(&input).arg("--out").arg(out).args(["--offset", "100", "--limit", "200", "--seed", "5"]).output().unwrap()
+    };
+    let o = run(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("200 long-trace SFT records"));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 200);
+    // Every trace ends on its answer; those whose solution has calculations
+    // (nearly all of GSM8K) re-check them.
+    let verified = recs.iter().filter(|r| r["thinking"].as_str().unwrap().contains("going back") || r["thinking"].as_str().unwrap().contains("Recomputing")).count();
+    assert!(verified >= 190, "{verified} of 200 traces re-check a calculation");
+    assert!(recs.iter().all(|r| r["thinking"].as_str().unwrap().trim_end().ends_with(&format!("{}.", r["answer"].as_str().unwrap()))));
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("long.stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["problems"], 200);
+    assert!(stats["ratio"].as_f64().unwrap() >= 2.5, "{stats}");
+    // The same recipe, the same file.
+    let again = dir.path().join("again.jsonl");
+    assert!(run(&again).status.success());
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), text);
+}
+
+#[test]
 fn sft_runs_from_the_command_line_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
