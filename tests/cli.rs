@@ -13,16 +13,23 @@ fn reckon() -> Command {
     c
 }
 
-#[test]
-fn solve_json_has_the_documented_fields() {
+/// `reckon solve --json` on "What is 6 times 7?" with 2 threads and `args`.
+fn solve_json(args: &[&str]) -> serde_json::Value {
     let out = reckon()
-        .args(["solve", "--json", "--threads", "2", "--max-think", "16", "--max-answer", "8", "--model"])
+        .args(["solve", "--json", "--threads", "2"])
+        .args(args)
+        .arg("--model")
         .arg(model_path())
         .arg("What is 6 times 7?")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn solve_json_has_the_documented_fields() {
+    let v = solve_json(&["--max-think", "16", "--max-answer", "8"]);
     for key in [
         "answer",
         "extracted_answer",
@@ -124,15 +131,7 @@ fn bench_reports_the_overhead_ratio_as_json() {
 
 #[test]
 fn solve_samples_votes_over_a_batch_of_completions() {
-    let out = reckon()
-        .args(["solve", "--json", "--threads", "2", "--max-think", "24", "--max-answer", "8", "--samples", "4", "--temperature", "0.8"])
-        .arg("--model")
-        .arg(model_path())
-        .arg("What is 6 times 7?")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = solve_json(&["--max-think", "24", "--max-answer", "8", "--samples", "4", "--temperature", "0.8"]);
     let samples = v["samples"].as_array().expect("samples");
     assert_eq!(samples.len(), 4);
     assert_eq!(v["vote"]["samples"], 4);
