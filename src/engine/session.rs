@@ -85,7 +85,6 @@ struct Seq<'a> {
     pos: u32,
     n_ctx: u32,
     last_logits: i32,
-    decoded: u32,
 }
 
 impl<'a> Seq<'a> {
@@ -110,7 +109,7 @@ impl<'a> Seq<'a> {
                 .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
         }
         let ctx = engine.new_context(params)?;
-        Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0, decoded: 0 })
+        Ok(Self { ctx, batch: LlamaBatch::new(BATCH, 1), pos: 0, n_ctx, last_logits: 0 })
     }
 
     /// Append tokens to the sequence; logits for the last one.
@@ -135,7 +134,6 @@ impl<'a> Seq<'a> {
             }
             self.ctx.decode(&mut self.batch).map_err(|e| ReckonError::Decode(e.to_string()))?;
             self.last_logits = chunk.len() as i32 - 1;
-            self.decoded += chunk.len() as u32;
         }
         Ok(())
     }
