@@ -66,6 +66,26 @@ pub struct ModelSection {
     pub device: String,
 }
 
+impl ModelSection {
+    /// Check the dtype and device names, and that a half-precision compute
+    /// type is not asked of the CPU (candle's CPU matmul has no bf16/f16
+    /// kernels: the first matmul would fail).
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            ["auto", "f32", "bf16", "f16"].contains(&self.compute_dtype.as_str()),
+            "model.compute_dtype '{}' is not one of auto, f32, bf16, f16",
+            self.compute_dtype
+        );
+        ensure!(["auto", "cpu", "cuda"].contains(&self.device.as_str()), "model.device '{}' is not one of auto, cpu, cuda", self.device);
+        ensure!(
+            !(self.device == "cpu" && ["bf16", "f16"].contains(&self.compute_dtype.as_str())),
+            "model.compute_dtype = \"{}\" needs CUDA; on the CPU use \"f32\" (or \"auto\", which is f32 there)",
+            self.compute_dtype
+        );
+        Ok(())
+    }
+}
+
 fn auto() -> String {
     "auto".into()
 }
@@ -187,12 +207,7 @@ impl SftConfig {
     /// Check every setting; messages say what to change.
     pub fn validate(&self) -> Result<()> {
         ensure!(!self.model.source.is_empty(), "model.source is empty: give a .gguf file, a Hugging Face directory or \"tiny\"");
-        ensure!(
-            ["auto", "f32", "bf16", "f16"].contains(&self.model.compute_dtype.as_str()),
-            "model.compute_dtype '{}' is not one of auto, f32, bf16, f16",
-            self.model.compute_dtype
-        );
-        ensure!(["auto", "cpu", "cuda"].contains(&self.model.device.as_str()), "model.device '{}' is not one of auto, cpu, cuda", self.model.device);
+        self.model.validate()?;
         if let Some(l) = &self.lora {
             l.validate()?;
         }
@@ -354,11 +369,20 @@ pub struct GrpoTrain {
     pub num_iterations: usize,
     /// Seeds prompts, sampling and dropout.
     pub seed: u64,
+    /// Padded tokens per forward/backward pass: completions are sorted by
+    /// length and packed into micro-batches of at most this many tokens
+    /// (rows × longest), their gradients accumulated, so memory is bounded
+    /// by this and not by prompts × group size.
+    pub micro_batch_tokens: usize,
+    /// Leave out of the update the groups whose rewards are all equal (their
+    /// advantages are 0: DAPO's dynamic sampling), and out of its
+    /// denominators. Their KL term is then not applied either.
+    pub drop_uniform_groups: bool,
 }
 
 impl Default for GrpoTrain {
     fn default() -> Self {
-        Self { steps: 100, prompts_per_step: 4, num_iterations: 1, seed: 0 }
+        Self { steps: 100, prompts_per_step: 4, num_iterations: 1, seed: 0, micro_batch_tokens: 2048, drop_uniform_groups: true }
     }
 }
 
@@ -378,7 +402,12 @@ impl GrpoConfig {
             l.validate()?;
         }
         ensure!(self.rollout.group_size >= 2, "rollout.group_size must be at least 2 (advantages are relative to the group)");
-        ensure!(self.rollout.sampling.temperature >= 0.0, "rollout.sampling.temperature must be ≥ 0");
+        self.model.validate()?;
+        ensure!(
+            self.rollout.sampling.temperature > 0.0,
+            "rollout.sampling.temperature must be > 0: the group needs different completions, and the objective's log-probs are taken at this temperature"
+        );
+        ensure!(self.train.micro_batch_tokens >= 16, "train.micro_batch_tokens must be at least 16");
         ensure!(self.rollout.sampling.top_p > 0.0 && self.rollout.sampling.top_p <= 1.0, "rollout.sampling.top_p must be in (0, 1]");
         self.rollout.budget.validate().map_err(|e| anyhow::anyhow!("rollout.budget: {e}"))?;
         ensure!(self.objective.epsilon > 0.0 && self.objective.epsilon < 1.0, "objective.epsilon must be in (0, 1)");

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, TrainState};
 use crate::config::GrpoConfig;
 use crate::data::{prompt_tokens, sample_indices};
-use crate::model::{token_logprobs, Qwen2};
-use crate::objective::objective;
+use crate::model::Qwen2;
+use crate::objective::{objective_part, Totals};
 use crate::optim::{global_norm, lr_at, AdamW};
 use crate::plot::{curves, Panel};
 use crate::rewards::{advantages, group_rewards, Completion};
@@ -70,6 +70,9 @@ pub struct GrpoMetrics {
     pub clip_fraction: f64,
     /// Gradient norm before clipping (last iteration).
     pub grad_norm: f64,
+    /// Completions in the update (groups with all-equal rewards left out).
+    #[serde(default)]
+    pub trained_completions: usize,
     /// Learning rate.
     pub lr: f64,
     /// Sampling throughput.
@@ -86,7 +89,9 @@ pub fn read_problems(path: &Path) -> Result<Vec<Problem>> {
 }
 
 fn judge(r: &Rollout, gold: &str) -> Completion {
-    let extracted = reckon::answer::extract_answer(&r.answer, &r.thinking);
+    // The answer segment only: a right number in the thinking with a wrong
+    // (or no) answer is not a correct completion.
+    let extracted = reckon::answer::extract_answer(&r.answer, "");
     Completion {
         correct: extracted.as_ref().is_some_and(|e| reckon::answer::answers_match(&e.value, gold)),
         natural_end: r.think_end == Some(ThinkEnd::Natural),
@@ -130,7 +135,7 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             (model, src.tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
     };
-    model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &dev));
+    model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &dev)?);
     // The frozen reference for the KL term: adapters off under LoRA, the
     // starting weights otherwise.
     let reference = if cfg.objective.beta > 0.0 {
@@ -148,7 +153,6 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     let mut history: Vec<GrpoMetrics> = read_metrics(&metrics_path)?;
     history.retain(|m| m.step <= state.step);
     write_metrics(&metrics_path, &history)?;
-    let params = model.trainable();
     let bar = progress_bar(opts.progress, cfg.train.steps, state.step, "grpo");
     let mut last_ckpt = checkpoint::list(&ckpt_root)?.pop().map(|(_, p)| p);
     let mut run = Vec::new();
@@ -158,74 +162,40 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
         let t0 = Instant::now();
         let idx = sample_indices(problems.len(), cfg.train.seed, step * cfg.train.prompts_per_step as u64, cfg.train.prompts_per_step);
         // Rollouts.
-        let mut seqs: Vec<(Vec<u32>, usize, Rollout)> = Vec::new();
+        let mut seqs: Vec<Scored> = Vec::new();
+        let mut rolled: Vec<Rollout> = Vec::new();
         let mut parts = Vec::new();
-        let mut advs = Vec::new();
         let mut judged = Vec::new();
         for &i in &idx {
             let p = &problems[i];
             let prompt = prompt_tokens(&tok, &cfg.data.system_prompt, &p.question)?;
             let gold = p.gold();
             let mut group = Vec::new();
+            let mut outs = Vec::new();
             for _ in 0..cfg.rollout.group_size {
                 let r = rollout(&model, &pieces, &delims, &cfg.rollout.budget, &prompt, &cfg.rollout.sampling, &mut rng)?;
                 group.push(judge(&r, &gold));
-                seqs.push((prompt.clone(), prompt.len(), r));
+                outs.push(r);
             }
             let rewards = group_rewards(&group, cfg.reward.weights, cfg.reward.length);
-            advs.extend(advantages(&rewards.iter().map(|r| r.total).collect::<Vec<_>>(), cfg.reward.scale_by_std));
+            let totals: Vec<f64> = rewards.iter().map(|r| r.total).collect();
+            let uniform = totals.iter().all(|&t| t == totals[0]);
+            if !(uniform && cfg.train.drop_uniform_groups) {
+                for (r, a) in outs.iter().zip(advantages(&totals, cfg.reward.scale_by_std)) {
+                    seqs.push(Scored { prompt: prompt.clone(), tokens: r.tokens.clone(), generated: r.generated.clone(), advantage: a });
+                }
+            }
+            rolled.extend(outs);
             parts.extend(rewards);
             judged.extend(group);
         }
         let rollout_s = t0.elapsed().as_secs_f64();
-        let rollout_tokens: usize = seqs.iter().map(|s| s.2.tokens.len()).sum();
+        let rollout_tokens: usize = rolled.iter().map(|r| r.tokens.len()).sum();
 
-        // The batch: prompt + completion, loss only on generated tokens.
         let t1 = Instant::now();
-        let tlen = seqs.iter().map(|(p, _, r)| p.len() + r.tokens.len() - 1).max().unwrap_or(1);
-        let b = seqs.len();
-        let (mut input, mut att, mut tgt, mut mask) = (vec![pad; b * tlen], vec![0u8; b * tlen], vec![pad; b * tlen], vec![0f32; b * tlen]);
-        for (i, (p, plen, r)) in seqs.iter().enumerate() {
-            let full: Vec<u32> = p.iter().chain(&r.tokens).copied().collect();
-            for j in 0..full.len() - 1 {
-                input[i * tlen + j] = full[j];
-                att[i * tlen + j] = 1;
-                tgt[i * tlen + j] = full[j + 1];
-                let k = j + 1;
-                if k >= *plen && r.generated[k - plen] {
-                    mask[i * tlen + j] = 1.0;
-                }
-            }
-        }
-        let input = Tensor::from_vec(input, (b, tlen), &dev)?;
-        let att = Tensor::from_vec(att, (b, tlen), &dev)?;
-        let tgt = Tensor::from_vec(tgt, (b, tlen), &dev)?;
-        let mask = Tensor::from_vec(mask, (b, tlen), &dev)?;
-        let adv = Tensor::from_vec(advs.iter().map(|&a| a as f32).collect::<Vec<_>>(), b, &dev)?;
-        let old = token_logprobs(&model.forward(&input, &att, None)?, &tgt)?.detach();
-        let ref_lp = match &reference {
-            Some(r) => Some(token_logprobs(&r.forward(&input, &att, None)?, &tgt)?.detach()),
-            None => None,
-        };
         let lr = lr_at(&cfg.optim, step, cfg.train.steps);
-        let (mut kl, mut clip, mut norm) = (0.0, 0.0, 0.0);
-        for _ in 0..cfg.train.num_iterations {
-            let lp = token_logprobs(&model.forward(&input, &att, Some(&mut rng))?, &tgt)?;
-            let o = objective(&lp, &old, ref_lp.as_ref(), &adv, &mask, &cfg.objective)?;
-            let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if !l.is_finite() {
-                return Err(TrainError::NonFinite { what: "loss", step: step + 1, last: last_ckpt }.into());
-            }
-            let mut grads = BTreeMap::new();
-            accumulate(&mut grads, &params, &o.loss.backward()?)?;
-            norm = global_norm(&grads)?;
-            if !norm.is_finite() {
-                return Err(TrainError::NonFinite { what: "gradient norm", step: step + 1, last: last_ckpt }.into());
-            }
-            opt.step(&params, &grads, lr)?;
-            kl = o.kl;
-            clip = o.clip_fraction;
-        }
+        let update = policy_update(&model, reference.as_ref(), &seqs, cfg, pad, &mut opt, lr, &mut rng, step + 1, &last_ckpt)?;
+        let (kl, clip, norm) = (update.kl, update.clip_fraction, update.grad_norm);
         let train_s = t1.elapsed().as_secs_f64();
         let n = judged.len() as f64;
         let lens: Vec<f64> = judged.iter().map(|c| c.generated_tokens as f64).collect();
@@ -241,13 +211,14 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             accuracy: judged.iter().filter(|c| c.correct).count() as f64 / n,
             mean_length: lens.iter().sum::<f64>() / n,
             median_length: reckon::eval::report::median(lens.clone()),
-            forced_share: seqs.iter().filter(|s| s.2.think_end != Some(ThinkEnd::Natural)).count() as f64 / n,
+            forced_share: rolled.iter().filter(|r| r.think_end != Some(ThinkEnd::Natural)).count() as f64 / n,
             kl,
             clip_fraction: clip,
             grad_norm: norm,
+            trained_completions: seqs.len(),
             lr,
             rollout_tokens_per_s: rollout_tokens as f64 / rollout_s,
-            train_tokens_per_s: (b * tlen * cfg.train.num_iterations) as f64 / train_s,
+            train_tokens_per_s: update.tokens as f64 / train_s,
             elapsed_s: state.elapsed_s,
         };
         append_metrics(&metrics_path, &m)?;
@@ -269,6 +240,205 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     Ok(run)
 }
 
+/// A completion with its advantage, ready for the policy loss.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The prompt's tokens.
+    pub prompt: Vec<u32>,
+    /// The completion's tokens.
+    pub tokens: Vec<u32>,
+    /// Per completion token: sampled by the model (trained) or injected.
+    pub generated: Vec<bool>,
+    /// Group-relative advantage.
+    pub advantage: f64,
+}
+
+/// What one policy update did.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateStats {
+    /// Mean k3 KL to the reference over active tokens (last iteration).
+    pub kl: f64,
+    /// Share of active tokens clipped (last iteration).
+    pub clip_fraction: f64,
+    /// Gradient norm before clipping (last iteration).
+    pub grad_norm: f64,
+    /// Padded tokens forwarded and backpropagated, all iterations.
+    pub tokens: usize,
+    /// Micro-batches per iteration.
+    pub micro_batches: usize,
+}
+
+/// Pack sequences of `lens` into micro-batches: sorted by length (so a
+/// batch pads little), each at most `budget` padded tokens (rows × longest;
+/// a sequence longer than the budget goes alone). Returns indices.
+pub fn micro_batches(lens: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(lens[i]), i));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted longest first: the batch's first row is its longest.
+        let longest = cur.first().map_or(lens[i], |&f| lens[f]);
+        if !cur.is_empty() && (cur.len() + 1) * longest > budget {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// One micro-batch's tensors: per-token log-probs `[b, len]` of the
+/// completion tokens under `model` (at the sampler's temperature and top-p;
+/// 0 where masked), the mask of trained tokens and the advantages.
+fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rollout::Sampling, pad: u32, dropout: crate::model::DropoutRng) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = model.device().clone();
+    let tlen = seqs.iter().map(|s| s.prompt.len() + s.tokens.len() - 1).max().unwrap_or(1).max(1);
+    let b = seqs.len();
+    let (mut input, mut att, mut mask) = (vec![pad; b * tlen], vec![0u8; b * tlen], vec![0f32; b * tlen]);
+    let (mut rows, mut targets, mut slot) = (Vec::new(), Vec::new(), vec![0u32; b * tlen]);
+    for (i, s) in seqs.iter().enumerate() {
+        let plen = s.prompt.len();
+        let full: Vec<u32> = s.prompt.iter().chain(&s.tokens).copied().collect();
+        for j in 0..full.len() - 1 {
+            input[i * tlen + j] = full[j];
+            att[i * tlen + j] = 1;
+            let k = j + 1;
+            if k >= plen && s.generated[k - plen] {
+                mask[i * tlen + j] = 1.0;
+                slot[i * tlen + j] = rows.len() as u32;
+                rows.push((i * tlen + j) as u32);
+                targets.push(full[k]);
+            }
+        }
+    }
+    let n = rows.len() as u32;
+    for (j, m) in mask.iter().enumerate() {
+        if *m == 0.0 {
+            slot[j] = n;
+        }
+    }
+    let input = Tensor::from_vec(input, (b, tlen), &dev)?;
+    let att = Tensor::from_vec(att, (b, tlen), &dev)?;
+    let h = model.hidden(&input, &att, dropout)?;
+    let d = h.dim(2)?;
+    let temperature = if sampling.temperature > 0.0 { sampling.temperature } else { 1.0 };
+    let lp = if rows.is_empty() {
+        Tensor::zeros(0, DType::F32, &dev)?
+    } else {
+        let hr = h.reshape((b * tlen, d))?.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?;
+        model.row_logprobs(&hr, &targets, temperature, sampling.top_p)?
+    };
+    // Back to [b, len]: masked positions read the appended 0.
+    let lp = Tensor::cat(&[&lp, &Tensor::zeros(1, lp.dtype(), &dev)?], 0)?;
+    let lp2 = lp.index_select(&Tensor::from_vec(slot, b * tlen, &dev)?, 0)?.reshape((b, tlen))?;
+    let mask = Tensor::from_vec(mask, (b, tlen), &dev)?;
+    let adv = Tensor::from_vec(seqs.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), b, &dev)?;
+    Ok((lp2, mask, adv))
+}
+
+/// Completions split into micro-batches, with the step's totals and the
+/// frozen log-probs (old policy when iterating, reference for the KL).
+struct Prepared<'a> {
+    groups: Vec<Vec<&'a Scored>>,
+    totals: Totals,
+    old: Option<Vec<Tensor>>,
+    refs: Option<Vec<Tensor>>,
+}
+
+fn prepare<'a>(model: &Qwen2, reference: Option<&Qwen2>, seqs: &'a [Scored], cfg: &GrpoConfig, pad: u32) -> Result<Prepared<'a>> {
+    let lens: Vec<usize> = seqs.iter().map(|s| s.prompt.len() + s.tokens.len()).collect();
+    let groups: Vec<Vec<&Scored>> = micro_batches(&lens, cfg.train.micro_batch_tokens).iter().map(|b| b.iter().map(|&i| &seqs[i]).collect()).collect();
+    let totals = Totals {
+        completions: seqs.len(),
+        active_tokens: seqs.iter().map(|s| s.generated.iter().filter(|g| **g).count()).sum::<usize>() as f64,
+    };
+    let sampling = &cfg.rollout.sampling;
+    let detached = |m: &Qwen2, g: &[&Scored]| -> Result<Tensor> { Ok(micro_logprobs(m, g, sampling, pad, None)?.0.detach()) };
+    let old = if cfg.train.num_iterations > 1 { Some(groups.iter().map(|g| detached(model, g)).collect::<Result<_>>()?) } else { None };
+    let refs = match reference {
+        Some(r) => Some(groups.iter().map(|g| detached(r, g)).collect::<Result<_>>()?),
+        None => None,
+    };
+    Ok(Prepared { groups, totals, old, refs })
+}
+
+/// One pass over the micro-batches: accumulated gradients of the step's
+/// objective, and its KL, clip fraction and forwarded tokens.
+fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mut ChaCha8Rng, step: u64, last_ckpt: &Option<std::path::PathBuf>) -> Result<(BTreeMap<String, Tensor>, UpdateStats)> {
+    let params = model.trainable();
+    let mut grads = BTreeMap::new();
+    let mut stats = UpdateStats { micro_batches: p.groups.len(), ..Default::default() };
+    for (k, g) in p.groups.iter().enumerate() {
+        let (lp, mask, adv) = micro_logprobs(model, g, &cfg.rollout.sampling, pad, Some(&mut *rng))?;
+        stats.tokens += lp.elem_count();
+        let old_lp = match &p.old {
+            Some(o) => o[k].clone(),
+            None => lp.detach(),
+        };
+        let o = objective_part(&lp, &old_lp, p.refs.as_ref().map(|r| &r[k]), &adv, &mask, &cfg.objective, &p.totals)?;
+        let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !l.is_finite() {
+            return Err(TrainError::NonFinite { what: "loss", step, last: last_ckpt.clone() }.into());
+        }
+        accumulate(&mut grads, &params, &o.loss.backward()?)?;
+        stats.kl += o.kl;
+        stats.clip_fraction += o.clip_fraction;
+    }
+    stats.grad_norm = global_norm(&grads)?;
+    if !stats.grad_norm.is_finite() {
+        return Err(TrainError::NonFinite { what: "gradient norm", step, last: last_ckpt.clone() }.into());
+    }
+    Ok((grads, stats))
+}
+
+/// The gradients of one GRPO objective over `seqs` (old log-probs = the
+/// current ones, as with one iteration), micro-batched as the update is.
+pub fn policy_gradients(model: &Qwen2, reference: Option<&Qwen2>, seqs: &[Scored], cfg: &GrpoConfig, pad: u32, rng: &mut ChaCha8Rng) -> Result<(BTreeMap<String, Tensor>, UpdateStats)> {
+    let single = GrpoConfig { train: crate::config::GrpoTrain { num_iterations: 1, ..cfg.train.clone() }, ..cfg.clone() };
+    let p = prepare(model, reference, seqs, &single, pad)?;
+    policy_pass(model, &p, &single, pad, rng, 0, &None)
+}
+
+/// The policy update on scored completions: `num_iterations` optimizer
+/// steps, each over length-sorted micro-batches of at most
+/// `train.micro_batch_tokens` padded tokens whose gradients are accumulated
+/// (normalised by the whole step's totals, so the result equals one big
+/// batch). With one iteration the old log-probs are the current ones,
+/// detached (no second forward). Nothing to train on (every group uniform)
+/// is no update.
+#[allow(clippy::too_many_arguments)]
+pub fn policy_update(
+    model: &Qwen2,
+    reference: Option<&Qwen2>,
+    seqs: &[Scored],
+    cfg: &GrpoConfig,
+    pad: u32,
+    opt: &mut AdamW,
+    lr: f64,
+    rng: &mut ChaCha8Rng,
+    step: u64,
+    last_ckpt: &Option<std::path::PathBuf>,
+) -> Result<UpdateStats> {
+    if seqs.is_empty() {
+        return Ok(UpdateStats::default());
+    }
+    let p = prepare(model, reference, seqs, cfg, pad)?;
+    let params = model.trainable();
+    let mut tokens = 0;
+    let mut stats = UpdateStats::default();
+    for _ in 0..cfg.train.num_iterations {
+        let (grads, s) = policy_pass(model, &p, cfg, pad, rng, step, last_ckpt)?;
+        opt.step(&params, &grads, lr)?;
+        tokens += s.tokens;
+        stats = s;
+    }
+    stats.tokens = tokens;
+    Ok(stats)
+}
+
 fn plot_grpo(png: &Path, rows: &[GrpoMetrics]) -> Result<()> {
     let pts = |f: fn(&GrpoMetrics) -> f64| rows.iter().map(|m| (m.step as f64, f(m))).collect::<Vec<_>>();
     curves(
@@ -280,4 +450,38 @@ fn plot_grpo(png: &Path, rows: &[GrpoMetrics]) -> Result<()> {
             Panel { label: "mean completion tokens", points: pts(|m| m.mean_length), log_y: false },
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(thinking: &str, answer: &str) -> Rollout {
+        Rollout { tokens: vec![1, 2], generated: vec![true, true], thinking: thinking.into(), answer: answer.into(), think_end: Some(ThinkEnd::Natural), generated_tokens: 2 }
+    }
+
+    #[test]
+    fn correctness_reads_the_answer_segment_only() {
+        let right = judge(&done("6 * 7 = 42", "Final Answer: 42"), "42");
+        assert!(right.correct && right.answered);
+        // The right number in the thinking does not rescue a wrong answer...
+        let wrong = judge(&done("6 * 7 = 42, so 42", "Final Answer: 41"), "42");
+        assert!(!wrong.correct && wrong.answered);
+        // ...nor a missing one.
+        let none = judge(&done("6 * 7 = 42", ""), "42");
+        assert!(!none.correct && !none.answered);
+    }
+
+    #[test]
+    fn micro_batches_sort_by_length_and_respect_the_budget() {
+        let lens = [5, 30, 12, 30, 7, 100];
+        let b = micro_batches(&lens, 64);
+        // Longest first; rows × longest ≤ 64 unless a sequence is alone.
+        assert_eq!(b[0], vec![5]);
+        assert_eq!(b[1], vec![1, 3]);
+        assert_eq!(b[2], vec![2, 4, 0]);
+        let mut all: Vec<usize> = b.concat();
+        all.sort();
+        assert_eq!(all, (0..lens.len()).collect::<Vec<_>>());
+    }
 }

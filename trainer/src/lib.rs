@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod export;
+pub mod kernels;
 pub mod grpo;
 pub mod longtrace;
 pub mod model;

@@ -85,22 +85,37 @@ enum Cmd {
         #[command(subcommand)]
         which: DataCmd,
     },
-    /// Training-step throughput and MFU for a tiny and a 0.5B-shaped model.
+    /// Training-step throughput, memory and MFU against this machine's
+    /// measured f32 matmul peak, for a tiny and a 0.5B-shaped model (random
+    /// weights). FLOPs count what a step needs: 6N per token for full
+    /// fine-tuning, 4N for a frozen base with LoRA (plus the adapters), the
+    /// LM head only on rows with loss, plus attention.
     Bench {
         /// Shapes to run: tiny, 0.5b.
         #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
         shapes: Vec<String>,
-        /// Sequences per step.
+        /// sft (next-token loss on every token) or grpo (the policy update on
+        /// --batch completions of up to --seq-len tokens, micro-batched).
+        #[arg(long, value_enum, default_value = "sft")]
+        mode: bench::Mode,
+        /// LoRA rank on every linear layer (alpha = 2·rank); omit for full
+        /// fine-tuning.
+        #[arg(long)]
+        lora: Option<usize>,
+        /// Sequences (sft) or completions (grpo) per step.
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// Tokens per sequence.
+        /// Tokens per sequence (grpo: the longest completion).
         #[arg(long, default_value_t = 128)]
         seq_len: usize,
         /// Timed steps (after one warm-up); the median is reported.
         #[arg(long, default_value_t = 3)]
         steps: usize,
-        /// Peak FLOP/s of the device, in GFLOP/s, for MFU (default: estimated
-        /// for the CPU from its clock, cores and vector width).
+        /// GRPO micro-batch budget, padded tokens.
+        #[arg(long, default_value_t = 2048)]
+        micro_batch_tokens: usize,
+        /// Peak FLOP/s for MFU, in GFLOP/s (default: measured here, the best
+        /// of five 2048² f32 products through the model's matmul path).
         #[arg(long)]
         peak_gflops: Option<f64>,
         /// `cpu` or `cuda`.
@@ -281,58 +296,46 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("statistics in {}", stats_path.display());
         }
-        Cmd::Bench { shapes, batch, seq_len, steps, peak_gflops, device, json } => {
+        Cmd::Bench { shapes, mode, lora, batch, seq_len, steps, micro_batch_tokens, peak_gflops, device, json } => {
             let dev = train::device(&device)?;
-            let peak = peak_gflops.map(|g| g * 1e9).or_else(|| if dev.is_cpu() { cpu_peak_flops() } else { None });
+            let peak = match peak_gflops {
+                Some(g) => g * 1e9,
+                None => bench::sgemm_peak(2048, &dev)?,
+            };
             let mut rows = Vec::new();
             for s in &shapes {
-                let cfg = match s.as_str() {
+                let config = match s.as_str() {
                     "tiny" => bench::tiny_bench_config(),
                     "0.5b" => bench::qwen2_5_0_5b_config(),
                     other => anyhow::bail!("unknown shape '{other}' (tiny, 0.5b)"),
                 };
-                rows.push(bench::bench_shape(s, cfg, batch, seq_len, steps, peak, &dev)?);
+                let spec = bench::BenchSpec { shape: s.clone(), config, mode, lora_rank: lora, batch, seq_len, steps, micro_batch_tokens };
+                rows.push(bench::bench(&spec, peak, &dev)?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "peak_flops": peak, "rows": rows }))?);
             } else {
-                println!("| shape | params | batch×seq | step s | tokens/s | GFLOP/s | MFU |");
-                println!("|---|---:|---:|---:|---:|---:|---:|");
+                println!("| shape | mode | LoRA | params | batch×seq | step s | trained tok/s | GFLOP/s | MFU | peak RSS |");
+                println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
                 for r in &rows {
                     println!(
-                        "| {} | {:.1}M | {}×{} | {:.3} | {:.1} | {:.2} | {} |",
+                        "| {} | {:?} | {} | {:.1}M | {}×{} | {:.3} | {:.1} | {:.1} | {:.1}% | {:.0} MiB |",
                         r.shape,
+                        r.mode,
+                        r.lora_rank.map_or("full".into(), |k| format!("r={k}")),
                         r.params as f64 / 1e6,
                         r.batch,
                         r.seq_len,
                         r.step_s,
-                        r.tokens_per_s,
+                        r.trained_tokens_per_s,
                         r.flops / 1e9,
-                        r.mfu.map_or("-".into(), |m| format!("{:.1}%", 100.0 * m))
+                        100.0 * r.mfu,
+                        r.peak_rss_mib
                     );
                 }
-                if let Some(p) = peak {
-                    println!("peak assumed: {:.1} GFLOP/s ({} threads)", p / 1e9, rows.first().map_or(0, |r| r.threads));
-                }
+                println!("peak measured: {:.1} GFLOP/s f32 matmul ({} threads)", peak / 1e9, rows.first().map_or(0, |r| r.threads));
             }
         }
     }
     Ok(())
-}
-
-/// fp32 peak of this CPU: threads × clock × FLOPs per cycle (2 FMA units ×
-/// vector lanes × 2), from /proc/cpuinfo.
-fn cpu_peak_flops() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
-    let flags = info.lines().find(|l| l.starts_with("flags"))?;
-    let per_cycle = if flags.contains(" avx512f") {
-        64.0
-    } else if flags.contains(" avx2") && flags.contains(" fma") {
-        32.0
-    } else {
-        8.0
-    };
-    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    Some(threads as f64 * mhz * 1e6 * per_cycle)
 }

@@ -24,6 +24,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels;
+
 /// Hyperparameters, read from a Hugging Face `config.json` (unknown keys are
 /// ignored) or from GGUF metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,27 +384,51 @@ impl Qwen2 {
         let w = self.w(&w_name)?;
         let (b, t, d) = x.dims3()?;
         let flat = x.reshape((b * t, d))?;
-        let mut y = flat.matmul(&w.t()?)?;
-        if bias {
-            y = y.broadcast_add(&self.w(&format!("{prefix}.bias"))?)?;
-        }
-        if let Some((cfg, adapters)) = &self.lora {
+        let bias_t = if bias { Some(self.w(&format!("{prefix}.bias"))?) } else { None };
+        let adapter = self.lora.as_ref().and_then(|(cfg, adapters)| {
             let (a_name, b_name) = lora_names(&w_name);
-            if let (Some(a), Some(bm)) = (adapters.get(&a_name), adapters.get(&b_name)) {
-                let a = a.as_tensor().to_dtype(self.compute)?;
-                let bm = bm.as_tensor().to_dtype(self.compute)?;
-                let input = match dropout {
-                    Some(rng) if cfg.dropout > 0.0 => apply_dropout(&flat, cfg.dropout, rng)?,
-                    _ => flat.clone(),
+            Some((cfg, adapters.get(&a_name)?, adapters.get(&b_name)?))
+        });
+        let fast = kernels::fast_path(&flat) && kernels::fast_path(&w);
+        let y = match (&self.lora, adapter) {
+            // A frozen base: one op with only the gradients it needs.
+            (Some(_), Some((cfg, a, bm))) if fast => {
+                let mask = match dropout {
+                    Some(rng) if cfg.dropout > 0.0 => Some(dropout_mask(&flat, cfg.dropout, rng)?),
+                    _ => None,
                 };
-                let delta = (input.matmul(&a.t()?)?.matmul(&bm.t()?)? * cfg.scale())?;
-                y = (y + delta)?;
+                kernels::lora_linear(&flat, &w, bias_t.as_ref(), a.as_tensor(), bm.as_tensor(), cfg.scale(), mask)?
             }
-        }
+            (Some(_), None) if fast => kernels::frozen_matmul(&flat, &w, bias_t.as_ref())?,
+            _ => {
+                let mut y = flat.matmul(&w.t()?)?;
+                if let Some(bt) = &bias_t {
+                    y = y.broadcast_add(bt)?;
+                }
+                if let Some((cfg, a, bm)) = adapter {
+                    let a = a.as_tensor().to_dtype(self.compute)?;
+                    let bm = bm.as_tensor().to_dtype(self.compute)?;
+                    let input = match dropout {
+                        Some(rng) if cfg.dropout > 0.0 => (&flat * dropout_mask(&flat, cfg.dropout, rng)?)?,
+                        _ => flat.clone(),
+                    };
+                    let delta = (input.matmul(&a.t()?)?.matmul(&bm.t()?)? * cfg.scale())?;
+                    y = (y + delta)?;
+                }
+                y
+            }
+        };
         Ok(y.reshape((b, t, ()))?)
     }
 
     fn rms_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        if kernels::fast_path(x) {
+            let w = self.weights.get(name).with_context(|| format!("no weight '{name}'"))?;
+            let w = if self.lora.is_some() { w.as_tensor().detach() } else { w.as_tensor().clone() };
+            if kernels::fast_path(&w) {
+                return Ok(kernels::rms_norm(x, &w, self.config.rms_norm_eps)?);
+            }
+        }
         let x32 = x.to_dtype(self.acc())?;
         let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = x32.broadcast_div(&(ms + self.config.rms_norm_eps)?.sqrt()?)?;
@@ -460,36 +486,55 @@ impl Qwen2 {
             let q = self.linear(&h, &format!("{p}.self_attn.q_proj"), true, dropout)?;
             let k = self.linear(&h, &format!("{p}.self_attn.k_proj"), true, dropout)?;
             let v = self.linear(&h, &format!("{p}.self_attn.v_proj"), true, dropout)?;
-            let q = rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, &cos, &sin)?;
-            let mut k = rope(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, &cos, &sin)?;
+            let fast = kernels::fast_path(&q);
+            let (q, mut k) = if fast {
+                // Rotated and moved to [b, heads, t, hd] in one op each.
+                (kernels::rope(&q.reshape((b, t, nh, hd))?, &cos, &sin)?, kernels::rope(&k.reshape((b, t, nkv, hd))?, &cos, &sin)?)
+            } else {
+                (rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, &cos, &sin)?, rope(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, &cos, &sin)?)
+            };
             let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             if let Some(c) = cache.as_deref_mut() {
+                // The cache is for sampling: no autograd graph is kept
+                // across decode steps.
                 if let Some((pk, pv)) = &c.layers[l] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
+                    k = Tensor::cat(&[pk, &k.detach()], 2)?;
+                    v = Tensor::cat(&[pv, &v.detach()], 2)?;
                 }
-                c.layers[l] = Some((k.clone(), v.clone()));
+                c.layers[l] = Some((k.detach(), v.detach()));
             }
-            let k = repeat_kv(&k, nh / nkv)?;
-            let v = repeat_kv(&v, nh / nkv)?;
-            let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-            let scores = scores.to_dtype(self.acc())?.broadcast_add(&bias.to_dtype(self.acc())?)?;
-            let probs = softmax_last(&scores)?.to_dtype(self.compute)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            // Grouped-query attention without copying K/V per query head:
+            // the n_rep query heads of one KV head are stacked along the rows
+            // (query head h reads KV head h / n_rep, as HF's repeat_kv).
+            let (n_rep, s) = (nh / nkv, k.dim(2)?);
+            let qg = q.contiguous()?.reshape((b, nkv, n_rep * t, hd))?;
+            let raw = qg.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
+            let probs = if fast && kernels::fast_path(bias) {
+                kernels::masked_softmax(&raw, scale, bias)?
+            } else {
+                let scores = (raw * scale)?.to_dtype(self.acc())?.broadcast_add(&bias.to_dtype(self.acc())?)?;
+                softmax_last(&scores)?.to_dtype(self.compute)?
+            };
+            let probs = probs.reshape((b, nkv, n_rep * t, s))?;
+            let attn = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             let o = self.linear(&attn, &format!("{p}.self_attn.o_proj"), false, dropout)?;
             x = (x + o)?;
             let h = self.rms_norm(&x, &format!("{p}.post_attention_layernorm.weight"))?;
             let gate = self.linear(&h, &format!("{p}.mlp.gate_proj"), false, dropout)?;
             let up = self.linear(&h, &format!("{p}.mlp.up_proj"), false, dropout)?;
-            let m = self.linear(&(gate.silu()? * up)?, &format!("{p}.mlp.down_proj"), false, dropout)?;
+            let act = if kernels::fast_path(&gate) { kernels::swiglu(&gate, &up)? } else { (gate.silu()? * up)? };
+            let m = self.linear(&act, &format!("{p}.mlp.down_proj"), false, dropout)?;
             x = (x + m)?;
         }
         self.rms_norm(&x, "model.norm.weight")
     }
 
+    fn head_weight(&self) -> Result<Tensor> {
+        self.w(if self.config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" })
+    }
+
     fn lm_head(&self, h: &Tensor) -> Result<Tensor> {
-        let name = if self.config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let w = self.w(name)?;
+        let w = self.head_weight()?;
         let (b, t, d) = h.dims3()?;
         Ok(h.reshape((b * t, d))?.matmul(&w.t()?)?.reshape((b, t, ()))?.to_dtype(self.acc())?)
     }
@@ -497,11 +542,48 @@ impl Qwen2 {
     /// Logits `[batch, len, vocab]` (fp32; f64 when computing in f64) for every position. `attention`
     /// is `[batch, len]`, 1 for real tokens and 0 for padding; pad on the
     /// right (positions are 0..len).
-    pub fn forward(&self, input_ids: &Tensor, attention: &Tensor, mut dropout: DropoutRng) -> Result<Tensor> {
+    pub fn forward(&self, input_ids: &Tensor, attention: &Tensor, dropout: DropoutRng) -> Result<Tensor> {
+        let h = self.hidden(input_ids, attention, dropout)?;
+        self.lm_head(&h)
+    }
+
+    /// Final hidden states `[batch, len, hidden]` (before the LM head), with
+    /// `attention` as in [`Qwen2::forward`].
+    pub fn hidden(&self, input_ids: &Tensor, attention: &Tensor, mut dropout: DropoutRng) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let bias = causal_padding_bias(attention, b, t, &self.device)?;
-        let h = self.decoder(input_ids, 0, &bias, None, &mut dropout)?;
-        self.lm_head(&h)
+        self.decoder(input_ids, 0, &bias, None, &mut dropout)
+    }
+
+    /// `ln p(targets[r])` for hidden rows `h` `[rows, hidden]` (rows of
+    /// [`Qwen2::hidden`] that carry loss), where p is the sampler's
+    /// distribution: softmax of logits / `temperature`, then the top-p
+    /// nucleus renormalised (a target outside it joins it). On CPU in f32 this
+    /// is one fused op that never materialises the logits as a graph tensor;
+    /// elsewhere the same from primitives.
+    pub fn row_logprobs(&self, h: &Tensor, targets: &[u32], temperature: f64, top_p: f64) -> Result<Tensor> {
+        ensure!(temperature > 0.0, "log-probs need a positive temperature (got {temperature})");
+        ensure!(h.dim(0)? == targets.len(), "{} hidden rows for {} targets", h.dim(0)?, targets.len());
+        let w = self.head_weight()?;
+        if kernels::fast_path(h) && kernels::fast_path(&w) {
+            return Ok(kernels::token_logprobs(h, &w, targets, temperature, top_p, self.lora.is_none())?);
+        }
+        let mut z = (h.matmul(&w.t()?)?.to_dtype(self.acc())? / temperature)?;
+        if top_p < 1.0 {
+            // The nucleus is a constant of the sampler: mask what it drops.
+            let mut rows: Vec<Vec<f32>> = z.to_dtype(DType::F32)?.to_vec2()?;
+            let mask: Vec<f32> = rows
+                .iter_mut()
+                .zip(targets)
+                .flat_map(|(r, &t)| {
+                    kernels::row_distribution(r, t as usize, top_p as f32);
+                    r.iter().map(|&p| if p > 0.0 { 0.0 } else { MASKED }).collect::<Vec<_>>()
+                })
+                .collect();
+            z = z.broadcast_add(&Tensor::from_vec(mask, z.shape(), &self.device)?.to_dtype(z.dtype())?)?;
+        }
+        let tg = Tensor::new(targets, &self.device)?;
+        Ok(log_softmax_last(&z)?.gather(&tg.unsqueeze(1)?, 1)?.squeeze(1)?)
     }
 
     /// The KV-cached path for sampling: feed `tokens` (one sequence) after
@@ -526,7 +608,7 @@ impl Qwen2 {
         let bias = Tensor::from_vec(bias, (1, 1, t, start + t), &self.device)?;
         let h = self.decoder(&ids, start, &bias, Some(cache), &mut None)?;
         let last = h.narrow(1, t - 1, 1)?;
-        Ok(self.lm_head(&last)?.flatten_all()?)
+        Ok(self.lm_head(&last)?.flatten_all()?.detach())
     }
 }
 
@@ -580,20 +662,13 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, h, n, t, d))?.contiguous()?.reshape((b, h * n, t, d))?)
-}
-
-fn apply_dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+/// Inverted dropout's keep-mask for `x`: 0 with probability `p`, else
+/// 1/(1−p); drawn from the trainer's seeded RNG.
+fn dropout_mask(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     let n = x.elem_count();
     let keep = (1.0 / (1.0 - p)) as f32;
     let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
+    Ok(Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)
 }
 
 fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], bound: f64, device: &Device) -> Result<Tensor> {

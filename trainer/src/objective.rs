@@ -65,6 +65,25 @@ pub struct Objective {
     pub clip_fraction: f64,
 }
 
+/// What the loss is normalised by: the whole step's completions and active
+/// tokens, so that summing the objectives of micro-batches (gradient
+/// accumulation) equals the objective of one big batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Totals {
+    /// Completions in the step.
+    pub completions: usize,
+    /// Active (generated, unmasked) tokens in the step.
+    pub active_tokens: f64,
+}
+
+impl Totals {
+    /// The totals of one batch's mask `[completions, len]`.
+    pub fn of(mask: &Tensor) -> Result<Self> {
+        let (b, _) = mask.dims2()?;
+        Ok(Self { completions: b, active_tokens: mask.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? })
+    }
+}
+
 /// The objective over a batch: `logp`, `old_logp`, `ref_logp` and `mask`
 /// are `[completions, len]`, `advantages` is `[completions]`.
 pub fn objective(
@@ -74,6 +93,21 @@ pub fn objective(
     advantages: &Tensor,
     mask: &Tensor,
     cfg: &ObjectiveConfig,
+) -> Result<Objective> {
+    objective_part(logp, old_logp, ref_logp, advantages, mask, cfg, &Totals::of(mask)?)
+}
+
+/// The share of [`objective`] that one micro-batch contributes to a step
+/// with `totals`: loss, KL and clip fraction of micro-batches add up to the
+/// big batch's.
+pub fn objective_part(
+    logp: &Tensor,
+    old_logp: &Tensor,
+    ref_logp: Option<&Tensor>,
+    advantages: &Tensor,
+    mask: &Tensor,
+    cfg: &ObjectiveConfig,
+    totals: &Totals,
 ) -> Result<Objective> {
     let (b, _) = logp.dims2()?;
     ensure!(advantages.dims1()? == b, "one advantage per completion");
@@ -85,24 +119,25 @@ pub fn objective(
     let s1 = ratio.broadcast_mul(&adv)?;
     let s2 = clipped.broadcast_mul(&adv)?;
     let mut per_token = s1.minimum(&s2)?.neg()?;
-    let active = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let active = totals.active_tokens.max(1.0);
     let mut kl_mean = 0.0;
     if let Some(r) = ref_logp {
         let d = (r.detach() - logp)?;
         let k3 = ((d.exp()? - &d)? - 1.0)?;
-        kl_mean = (&k3 * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / active.max(1.0);
+        kl_mean = (&k3 * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / active;
         if cfg.beta != 0.0 {
             per_token = (per_token + (k3 * cfg.beta)?)?;
         }
     }
     let masked = (per_token * &mask)?;
+    let completions = totals.completions.max(1) as f64;
     let loss = match cfg.aggregation {
         Aggregation::Grpo => {
             let per_seq = masked.sum(D::Minus1)?.broadcast_div(&mask.sum(D::Minus1)?.clamp(1.0, f64::MAX)?)?;
-            per_seq.mean_all()?
+            (per_seq.sum_all()? / completions)?
         }
-        Aggregation::Dapo => (masked.sum_all()? / active.max(1.0))?,
-        Aggregation::DrGrpo => (masked.sum_all()? / (b * cfg.dr_grpo_length.max(1)) as f64)?,
+        Aggregation::Dapo => (masked.sum_all()? / active)?,
+        Aggregation::DrGrpo => (masked.sum_all()? / (completions * cfg.dr_grpo_length.max(1) as f64))?,
     };
     // Clipped where the clip changed the objective: r beyond the range on
     // the side the advantage pushes.
@@ -119,7 +154,7 @@ pub fn objective(
             }
         }
     }
-    Ok(Objective { loss, kl: kl_mean, clip_fraction: clipped_n / active.max(1.0) })
+    Ok(Objective { loss, kl: kl_mean, clip_fraction: clipped_n / active })
 }
 
 #[cfg(test)]
@@ -187,5 +222,38 @@ mod tests {
         assert!((o.kl - kl / 5.0).abs() < 1e-12);
         let sum: f64 = L0.iter().sum::<f64>() + L1.iter().sum::<f64>();
         assert!((loss - (sum + 0.5 * kl) / 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn micro_batches_add_up_to_the_big_batch() {
+        // The two completions of `case` as two micro-batches of one, each
+        // normalised by the step's totals: losses, gradients, KL and clip
+        // fractions add up to the big batch's, for every aggregation.
+        let lp = [[-1.0, -0.5, -2.0], [-0.2, -1.5, -0.7]];
+        let old = [[-1.2, -0.5, -1.0], [-0.1, -1.0, -0.7]];
+        let reference = [[-1.0, -0.4, -2.0], [-0.3, -1.5, -0.7]];
+        let adv = [1.0f64, -2.0];
+        let mask = [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]];
+        let dev = Device::Cpu;
+        let row = |v: &[[f64; 3]; 2], i: usize| Tensor::new(&[v[i]], &dev).unwrap();
+        for aggregation in [Aggregation::Grpo, Aggregation::Dapo, Aggregation::DrGrpo] {
+            let cfg = ObjectiveConfig { aggregation, beta: 0.3, dr_grpo_length: 4, ..Default::default() };
+            let (big_loss, big_grad, big) = case(cfg);
+            let totals = Totals { completions: 2, active_tokens: 5.0 };
+            let (mut loss, mut kl, mut clip) = (0.0, 0.0, 0.0);
+            for i in 0..2 {
+                let v = Var::from_tensor(&row(&lp, i)).unwrap();
+                let o = objective_part(v.as_tensor(), &row(&old, i), Some(&row(&reference, i)), &Tensor::new(&[adv[i]], &dev).unwrap(), &row(&mask, i), &cfg, &totals).unwrap();
+                loss += o.loss.to_scalar::<f64>().unwrap();
+                kl += o.kl;
+                clip += o.clip_fraction;
+                let g = o.loss.backward().unwrap().get(v.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+                for t in 0..3 {
+                    assert!((g[0][t] - big_grad[i][t]).abs() < 1e-12, "{aggregation:?}: gradient of ({i}, {t})");
+                }
+            }
+            assert!((loss - big_loss).abs() < 1e-12, "{aggregation:?}: {loss} vs {big_loss}");
+            assert!((kl - big.kl).abs() < 1e-12 && (clip - big.clip_fraction).abs() < 1e-12);
+        }
     }
 }

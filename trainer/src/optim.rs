@@ -5,17 +5,34 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::config::OptimConfig;
+use crate::kernels;
 
 /// Optimizer state: first and second moments per parameter name.
 pub struct AdamW {
     cfg: OptimConfig,
     /// Moments (m, v) by parameter name.
-    pub moments: BTreeMap<String, (Tensor, Tensor)>,
+    pub moments: BTreeMap<String, Moments>,
     /// Updates applied so far (bias correction uses it).
     pub t: u64,
+}
+
+/// One parameter's first and second moments.
+pub enum Moments {
+    /// CPU f32 parameters: plain buffers, updated in place with the weight.
+    Host {
+        /// The parameter's shape.
+        shape: Vec<usize>,
+        /// First moment.
+        m: Vec<f32>,
+        /// Second moment.
+        v: Vec<f32>,
+    },
+    /// Other devices and dtypes: tensors, updated with tensor ops.
+    Tensors(Tensor, Tensor),
 }
 
 /// Learning rate at `step` (0-based) of `total`: linear warmup to the peak,
@@ -34,9 +51,69 @@ pub fn lr_at(cfg: &OptimConfig, step: u64, total: u64) -> f64 {
 pub fn global_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
-        sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        sq += if kernels::fast_path(g) {
+            with_host(g, |x| Ok(x.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum::<f64>()))?
+        } else {
+            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+        };
     }
     Ok(sq.sqrt())
+}
+
+fn with_host<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match (&*s, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
+        _ => anyhow::bail!("expected a contiguous CPU f32 tensor"),
+    }
+}
+
+/// The scalars of one AdamW update.
+#[derive(Clone, Copy)]
+struct Step {
+    lr: f32,
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    decay: f32,
+    clip: f32,
+}
+
+/// AdamW on a CPU f32 weight, in place, with its moments.
+struct HostUpdate<'a> {
+    g: &'a [f32],
+    mv: std::sync::Mutex<(&'a mut [f32], &'a mut [f32])>,
+    s: Step,
+}
+
+impl InplaceOp1 for HostUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(w) = storage else { candle_core::bail!("adamw: expected f32 weights") };
+        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("adamw: weights must be contiguous") };
+        let w = &mut w[a..b];
+        let mut mv = self.mv.lock().expect("not poisoned");
+        let (m, v) = &mut *mv;
+        let s = self.s;
+        const CH: usize = 1 << 14;
+        w.par_chunks_mut(CH).zip(m.par_chunks_mut(CH)).zip(v.par_chunks_mut(CH)).zip(self.g.par_chunks(CH)).for_each(|(((w, m), v), g)| {
+            for i in 0..w.len() {
+                let gi = g[i] * s.clip;
+                m[i] = m[i] * s.b1 + gi * (1.0 - s.b1);
+                v[i] = v[i] * s.b2 + gi * gi * (1.0 - s.b2);
+                let update = (m[i] / s.c1) / ((v[i] / s.c2).sqrt() + s.eps);
+                // Decoupled decay uses the weight before this update.
+                w[i] = w[i] - update * s.lr - w[i] * s.decay;
+            }
+        });
+        Ok(())
+    }
 }
 
 impl AdamW {
@@ -47,7 +124,8 @@ impl AdamW {
 
     /// One update of `params` with `grads` (fp32) at learning rate `lr`;
     /// gradients are first clipped to the configured global norm. Returns
-    /// the norm before clipping.
+    /// the norm before clipping. CPU f32 parameters are updated in place
+    /// (no temporaries the size of the model); others with tensor ops.
     pub fn step(&mut self, params: &[(String, Var)], grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<f64> {
         let norm = global_norm(grads)?;
         let clip = if self.cfg.clip_grad_norm > 0.0 && norm > self.cfg.clip_grad_norm { self.cfg.clip_grad_norm / (norm + 1e-6) } else { 1.0 };
@@ -58,21 +136,42 @@ impl AdamW {
         for (name, var) in params {
             let Some(g) = grads.get(name) else { continue };
             let w = var.as_tensor();
-            let g = (g.to_dtype(w.dtype())? * clip)?;
-            let (m, v) = match self.moments.remove(name) {
+            let decay = if self.cfg.weight_decay > 0.0 && w.rank() >= 2 { lr * self.cfg.weight_decay } else { 0.0 };
+            let host = kernels::fast_path(w) && kernels::fast_path(g) && w.is_contiguous();
+            let moments = match self.moments.remove(name) {
                 Some(mv) => mv,
-                None => (w.zeros_like()?, w.zeros_like()?),
+                None if host => Moments::Host { shape: w.dims().to_vec(), m: vec![0.0; w.elem_count()], v: vec![0.0; w.elem_count()] },
+                None => Moments::Tensors(w.zeros_like()?, w.zeros_like()?),
             };
-            let m = ((m * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
-            let mut new_w = (w - (update * lr)?)?;
-            // Decay matrices only: norms and biases (1-D) are left alone.
-            if self.cfg.weight_decay > 0.0 && w.rank() >= 2 {
-                new_w = (new_w - (w * (lr * self.cfg.weight_decay))?)?;
-            }
-            var.set(&new_w).with_context(|| format!("updating {name}"))?;
-            self.moments.insert(name.clone(), (m, v));
+            let moments = match moments {
+                Moments::Host { shape, mut m, mut v } if host => {
+                    anyhow::ensure!(m.len() == w.elem_count(), "optimizer state for {name} has {} values, the weight {}", m.len(), w.elem_count());
+                    let s = Step { lr: lr as f32, b1: b1 as f32, b2: b2 as f32, c1: c1 as f32, c2: c2 as f32, eps: self.cfg.eps as f32, decay: decay as f32, clip: clip as f32 };
+                    with_host(g, |gs| {
+                        let op = HostUpdate { g: gs, mv: std::sync::Mutex::new((&mut m, &mut v)), s };
+                        w.inplace_op1(&op).with_context(|| format!("updating {name}"))
+                    })?;
+                    Moments::Host { shape, m, v }
+                }
+                other => {
+                    let (m, v) = match other {
+                        Moments::Tensors(m, v) => (m, v),
+                        Moments::Host { shape, m, v } => (Tensor::from_vec(m, shape.as_slice(), w.device())?, Tensor::from_vec(v, shape.as_slice(), w.device())?),
+                    };
+                    let g = (g.to_dtype(w.dtype())? * clip)?;
+                    let m = ((m * b1)? + (&g * (1.0 - b1))?)?;
+                    let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                    let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
+                    let mut new_w = (w - (update * lr)?)?;
+                    // Decay matrices only: norms and biases (1-D) are left alone.
+                    if decay > 0.0 {
+                        new_w = (new_w - (w * decay)?)?;
+                    }
+                    var.set(&new_w).with_context(|| format!("updating {name}"))?;
+                    Moments::Tensors(m, v)
+                }
+            };
+            self.moments.insert(name.clone(), moments);
         }
         Ok(norm)
     }
@@ -80,9 +179,16 @@ impl AdamW {
     /// State as named tensors (`m.NAME`, `v.NAME`) for a checkpoint.
     pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
-        for (n, (m, v)) in &self.moments {
-            out.insert(format!("m.{n}"), m.clone());
-            out.insert(format!("v.{n}"), v.clone());
+        for (n, mv) in &self.moments {
+            let (m, v) = match mv {
+                Moments::Tensors(m, v) => (m.clone(), v.clone()),
+                Moments::Host { shape, m, v } => (
+                    Tensor::from_slice(m, shape.as_slice(), &candle_core::Device::Cpu).expect("shape matches"),
+                    Tensor::from_slice(v, shape.as_slice(), &candle_core::Device::Cpu).expect("shape matches"),
+                ),
+            };
+            out.insert(format!("m.{n}"), m);
+            out.insert(format!("v.{n}"), v);
         }
         out
     }
@@ -94,7 +200,12 @@ impl AdamW {
         for n in names {
             let m = tensors.remove(&format!("m.{n}")).context("optimizer state: missing m")?;
             let v = tensors.remove(&format!("v.{n}")).with_context(|| format!("optimizer state: missing v.{n}"))?;
-            moments.insert(n, (m, v));
+            let mv = if kernels::fast_path(&m) && kernels::fast_path(&v) {
+                Moments::Host { shape: m.dims().to_vec(), m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? }
+            } else {
+                Moments::Tensors(m, v)
+            };
+            moments.insert(n, mv);
         }
         Ok(Self { cfg, moments, t })
     }

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use candle_core::DType;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use reckon::budget::{BudgetConfig, Controller, Delimiters, Emit, Segment, ThinkEnd, TokenId, TokenText};
+use reckon::budget::{BudgetConfig, Controller, Delimiters, Emit, Finish, Segment, ThinkEnd, TokenId, TokenText};
 use reckon::format::ThinkFormat;
 use serde::{Deserialize, Serialize};
 
@@ -109,17 +109,21 @@ pub struct Rollout {
     pub answer: String,
     /// Why thinking ended.
     pub think_end: Option<ThinkEnd>,
-    /// Tokens sampled from the model and kept.
+    /// Tokens sampled from the model and kept, its end-of-turn token
+    /// included (the last of `tokens` when it ended the turn; the runtime's
+    /// counts leave it out).
     pub generated_tokens: usize,
 }
 
-/// Sample from `logits` (temperature, top-p).
-pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
-    if s.temperature <= 0.0 {
-        return logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
-    }
+/// The distribution [`sample`] draws from: softmax of `logits` /
+/// temperature, then (top-p < 1) the smallest set of most probable tokens
+/// whose mass reaches top-p, renormalised. `(token, probability)`, most
+/// probable first when top-p < 1. The objective's log-probs
+/// ([`crate::model::Qwen2::row_logprobs`]) are taken under the same one.
+pub fn sampling_distribution(logits: &[f32], s: &Sampling) -> Vec<(usize, f64)> {
+    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut p: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / s.temperature).exp())).collect();
+    let mut p: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / t).exp())).collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
     p.iter_mut().for_each(|x| x.1 /= z);
     if s.top_p < 1.0 {
@@ -134,9 +138,19 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
             }
         }
         p.truncate(keep);
+        let total: f64 = p.iter().map(|x| x.1).sum();
+        p.iter_mut().for_each(|x| x.1 /= total);
     }
-    let total: f64 = p.iter().map(|x| x.1).sum();
-    let mut u = rng.random::<f64>() * total;
+    p
+}
+
+/// Sample from `logits` (temperature, top-p; temperature 0 is greedy).
+pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
+    if s.temperature <= 0.0 {
+        return logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    }
+    let p = sampling_distribution(logits, s);
+    let mut u = rng.random::<f64>();
     for &(i, w) in &p {
         if u < w {
             return i as u32;
@@ -164,8 +178,18 @@ pub fn rollout(
     let limit = model.config.max_position_embeddings;
     let first = ctl.start(Duration::ZERO);
     let mut pending = first;
+    let mut last_sampled = None;
     loop {
         collect(&mut out, &pending.emits);
+        if pending.done == Some(Finish::EndOfTurn) {
+            // The model ended its turn: its end-of-turn token is part of what
+            // it generated (and is trained), though never fed back.
+            if let Some(t) = last_sampled.filter(|t| delims.end_of_turn.contains(t)) {
+                out.tokens.push(t as u32);
+                out.generated.push(true);
+                break;
+            }
+        }
         if pending.rollback > 0 {
             let keep = out.tokens.len() - pending.rollback.min(out.tokens.len());
             out.tokens.truncate(keep);
@@ -186,6 +210,7 @@ pub fn rollout(
         }
         let l: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
         let t = sample(&l, sampling, rng);
+        last_sampled = Some(t as TokenId);
         pending = ctl.accept(t as TokenId, Duration::ZERO, pieces);
     }
     out.think_end = ctl.think_end();

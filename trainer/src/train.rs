@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, TrainState};
 use crate::config::SftConfig;
 use crate::data::{self, make_batch, sample_indices, Example, SftRecord};
-use crate::model::{token_logprobs, Qwen2, Qwen2Config};
+use crate::model::{Qwen2, Qwen2Config};
 use crate::optim::{lr_at, AdamW};
 use crate::plot::{curves, Panel};
 use crate::tokenizer::Tok;
@@ -55,15 +55,22 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
-/// The compute dtype for a setting on a device.
-pub fn compute_dtype(name: &str, device: &Device) -> DType {
-    match name {
+/// The compute dtype for a setting on a device; bf16/f16 on the CPU (where
+/// `model.device = "auto"` found no GPU) is refused: candle's CPU matmul has
+/// no half-precision kernels.
+pub fn compute_dtype(name: &str, device: &Device) -> Result<DType> {
+    let dtype = match name {
         "bf16" => DType::BF16,
         "f16" => DType::F16,
         "f32" => DType::F32,
         _ if device.is_cuda() => DType::BF16,
         _ => DType::F32,
-    }
+    };
+    ensure!(
+        device.is_cuda() || dtype == DType::F32,
+        "model.compute_dtype = \"{name}\" needs CUDA, and this run is on the CPU; use \"f32\" (or \"auto\")"
+    );
+    Ok(dtype)
 }
 
 /// One line of `metrics.jsonl`.
@@ -131,10 +138,22 @@ pub enum TrainError {
 
 /// Masked mean next-token loss over `batch`, divided by `denominator`
 /// trained tokens (the step's total, so accumulation equals one big batch).
+///
+/// The LM head runs only on the positions that carry loss (the fused head on
+/// CPU), so prompt and padding rows cost nothing past the decoder.
 pub fn sft_loss(model: &Qwen2, batch: &data::Batch, denominator: usize, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
-    let logits = model.forward(&batch.input, &batch.attention, rng)?;
-    let lp = token_logprobs(&logits, &batch.targets)?;
-    let nll = (&lp * batch.loss_mask.to_dtype(lp.dtype())?)?.sum_all()?.neg()?;
+    let h = model.hidden(&batch.input, &batch.attention, rng)?;
+    let (b, t, d) = h.dims3()?;
+    let mask: Vec<f32> = batch.loss_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let targets: Vec<u32> = batch.targets.flatten_all()?.to_vec1()?;
+    let rows: Vec<u32> = (0..b * t).filter(|&i| mask[i] > 0.0).map(|i| i as u32).collect();
+    if rows.is_empty() {
+        return Ok((h.sum_all()? * 0.0)?);
+    }
+    let picked: Vec<u32> = rows.iter().map(|&r| targets[r as usize]).collect();
+    let hr = h.reshape((b * t, d))?.index_select(&Tensor::new(rows.as_slice(), h.device())?, 0)?;
+    let lp = model.row_logprobs(&hr, &picked, 1.0, 1.0)?;
+    let nll = lp.sum_all()?.neg()?;
     Ok((nll / denominator.max(1) as f64)?)
 }
 
@@ -170,7 +189,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
             (model, tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
     };
-    model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &device));
+    model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &device)?);
     ensure!(
         cfg.data.max_seq_len <= model.config.max_position_embeddings,
         "data.max_seq_len = {} is longer than the model's context ({} tokens): lower it",

@@ -168,6 +168,14 @@ fn grpo_resumes_exactly_and_masks_injected_tokens() {
     assert!(injected >= delims.close.len() + delims.answer_prefix.len(), "injected tokens recorded: {injected}");
     assert!(r.generated[..6].iter().all(|g| *g), "the first 6 thinking tokens are the model's");
     assert_eq!(r.generated_tokens + injected, r.tokens.len());
+
+    // A natural end: the model's end-of-turn token closes the completion
+    // and is trained (generated), not dropped.
+    let roomy = reckon::BudgetConfig { max_thinking_tokens: 200, max_answer_tokens: 32, ..budget };
+    let r = reckon_trainer::rollout::rollout(&model, &pieces, &delims, &roomy, &prompt, &greedy, &mut rng).unwrap();
+    assert_eq!(r.think_end, Some(reckon::budget::ThinkEnd::Natural), "{:?}", r.answer);
+    assert_eq!(r.tokens.last().copied(), src.tok.id("<|im_end|>"), "{:?}", r.answer);
+    assert!(r.generated.last().copied().unwrap(), "the end-of-turn token is the model's");
 }
 
 #[test]
@@ -195,4 +203,62 @@ fn bad_grpo_settings_are_refused() {
     std::fs::write(&train, "{\"question\": \"q\"}\n").unwrap();
     let e = format!("{:#}", run_grpo(&cfg, &RunOptions { out: d.join("o"), ..Default::default() }).err().unwrap());
     assert!(e.contains("p.jsonl:1"), "{e}");
+}
+
+/// Micro-batching is gradient accumulation: the gradients of the GRPO
+/// objective over six completions of different lengths (some tokens
+/// injected, one group with a KL reference) equal one big batch's, for
+/// every aggregation.
+#[test]
+fn micro_batched_gradients_equal_one_big_batch() {
+    use reckon_trainer::grpo::{policy_gradients, Scored};
+    use reckon_trainer::objective::Aggregation;
+    let (tiny, _) = common::tiny(7);
+    let all = reckon_trainer::model::LORA_TARGETS.iter().map(|s| s.to_string()).collect();
+    let lora = reckon_trainer::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: all };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+    let start = Qwen2::from_tensors(tiny.config.clone(), tiny.tensors(), Some(lora.clone()), &mut rng, &candle_core::Device::Cpu).unwrap();
+    let tensors = start
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| if n.contains("lora_B") { (n, candle_core::Tensor::randn(0f32, 0.2, t.shape(), &candle_core::Device::Cpu).unwrap()) } else { (n, t) })
+        .collect();
+    let model = Qwen2::from_tensors(tiny.config.clone(), tensors, Some(lora.clone()), &mut rng, &candle_core::Device::Cpu).unwrap();
+    let reference = model.without_lora();
+    let v = tiny.config.vocab_size as u32;
+    let seqs: Vec<Scored> = (0..6u32)
+        .map(|i| {
+            let (p, c) = (5 + i as usize, 4 + 3 * i as usize);
+            Scored {
+                prompt: (0..p as u32).map(|k| (k * 13 + i) % v).collect(),
+                tokens: (0..c as u32).map(|k| (k * 7 + 3 * i + 1) % v).collect(),
+                generated: (0..c).map(|k| k % 4 != 2).collect(),
+                advantage: [1.0, -0.5, 0.25, -1.0, 2.0, -1.75][i as usize],
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("p.jsonl");
+    write_problems(&train, &problems(4, 1));
+    let base = reckon_trainer::config::GrpoConfig::load(&grpo_config(dir.path(), "m", Path::new("ckpt"), &train, "{ kind = \"none\" }")).unwrap();
+    for aggregation in [Aggregation::Grpo, Aggregation::Dapo, Aggregation::DrGrpo] {
+        let mut cfg = base.clone();
+        cfg.objective.aggregation = aggregation;
+        cfg.objective.beta = 0.1;
+        cfg.rollout.sampling = reckon_trainer::rollout::Sampling { temperature: 0.8, top_p: 0.95 };
+        cfg.train.micro_batch_tokens = 100_000;
+        let (big, one) = policy_gradients(&model, Some(&reference), &seqs, &cfg, 0, &mut rng).unwrap();
+        cfg.train.micro_batch_tokens = 40;
+        let (small, many) = policy_gradients(&model, Some(&reference), &seqs, &cfg, 0, &mut rng).unwrap();
+        assert_eq!(one.micro_batches, 1);
+        assert!(many.micro_batches >= 4, "{} micro-batches", many.micro_batches);
+        assert!((one.grad_norm - many.grad_norm).abs() < 1e-5 * one.grad_norm && one.grad_norm > 0.0, "{aggregation:?}: {} vs {}", one.grad_norm, many.grad_norm);
+        assert!((one.kl - many.kl).abs() < 1e-6 && one.kl > 0.0, "{aggregation:?}: KL {} vs {}", one.kl, many.kl);
+        assert_eq!(big.len(), small.len());
+        for (name, g) in &big {
+            let d = (g - &small[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let m = g.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-4 * m.max(1e-6), "{aggregation:?} {name}: {d} of {m}");
+        }
+    }
 }

@@ -235,3 +235,83 @@ fn misshaped_and_missing_weights_are_named() {
     let bad = Qwen2Config { num_key_value_heads: 3, ..model.config.clone() };
     assert!(bad.validate().is_err());
 }
+
+/// Weights with LoRA's B away from zero (so adapters matter), in f32 (the
+/// CPU kernels: frozen-base matmul, fused head on loss rows, one-pass
+/// softmax, GQA without K/V copies) and the same weights in f64 (the
+/// primitive path the finite-difference test checks).
+fn fast_and_reference(lora: Option<LoraConfig>) -> (Qwen2, Qwen2) {
+    let (tiny, _) = common::tiny(5);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let start = Qwen2::from_tensors(tiny.config.clone(), perturbed(&tiny, 3), lora.clone(), &mut rng, &Device::Cpu).unwrap();
+    let tensors: BTreeMap<String, Tensor> = start
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| if n.contains("lora_B") { (n, Tensor::randn(0f32, 0.2, t.shape(), &Device::Cpu).unwrap()) } else { (n, t) })
+        .collect();
+    let fast = Qwen2::from_tensors(tiny.config.clone(), tensors.clone(), lora.clone(), &mut rng, &Device::Cpu).unwrap();
+    let mut slow = Qwen2::from_tensors(tiny.config.clone(), tensors, lora, &mut rng, &Device::Cpu).unwrap();
+    slow.cast(DType::F64).unwrap();
+    (fast, slow)
+}
+
+fn max_rel_gap(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn cpu_kernels_give_the_primitive_paths_loss_and_gradients() {
+    let all = || reckon_trainer::model::LORA_TARGETS.iter().map(|s| s.to_string()).collect();
+    for lora in [None, Some(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: all() })] {
+        let (fast, slow) = fast_and_reference(lora.clone());
+        let v = fast.config.vocab_size;
+        // Two lengths (padding), loss on the second half only (prompt rows
+        // skip the head).
+        let ex: Vec<Example> = [tokens(14, v, 5), tokens(9, v, 6)]
+            .iter()
+            .map(|s| Example { ids: s.clone(), trained: (0..s.len()).map(|i| u8::from(i >= s.len() / 2)).collect() })
+            .collect();
+        let b = make_batch(&ex.iter().collect::<Vec<_>>(), 0, &Device::Cpu).unwrap();
+        let lf = sft_loss(&fast, &b, b.n_loss_tokens, None).unwrap();
+        let ls = sft_loss(&slow, &b, b.n_loss_tokens, None).unwrap();
+        let (x, y) = (lf.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), ls.to_scalar::<f64>().unwrap());
+        assert!((x - y).abs() / y.abs() < 1e-5, "loss {x} vs {y} (lora: {})", lora.is_some());
+        let (gf, gs) = (lf.backward().unwrap(), ls.backward().unwrap());
+        let (pf, ps) = (fast.trainable(), slow.trainable());
+        assert_eq!(pf.len(), ps.len());
+        for ((name, a), (_, b)) in pf.iter().zip(&ps) {
+            let ga = gf.get(a.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let gb = gs.get(b.as_tensor()).unwrap();
+            let gap = max_rel_gap(ga, gb);
+            assert!(gap < 1e-4, "{name}: gradient differs by {gap:e} of its largest entry (lora: {})", lora.is_some());
+        }
+    }
+}
+
+#[test]
+fn objective_logprobs_are_the_samplers_own_probabilities() {
+    use reckon_trainer::rollout::{sample, sampling_distribution, Sampling};
+    let (fast, slow) = fast_and_reference(None);
+    let v = fast.config.vocab_size;
+    let seq = tokens(12, v, 7);
+    let ids = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let att = Tensor::ones((1, seq.len()), DType::U8, &Device::Cpu).unwrap();
+    let logits: Vec<Vec<f32>> = fast.forward(&ids, &att, None).unwrap().i(0).unwrap().to_vec2().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for s in [Sampling { temperature: 1.0, top_p: 1.0 }, Sampling { temperature: 0.6, top_p: 1.0 }, Sampling { temperature: 0.8, top_p: 0.9 }, Sampling { temperature: 1.4, top_p: 0.5 }] {
+        // Targets the sampler itself drew, so each is in its nucleus.
+        let targets: Vec<u32> = logits.iter().map(|l| sample(l, &s, &mut rng)).collect();
+        for (model, tol) in [(&fast, 1e-4), (&slow, 1e-4)] {
+            let h = model.hidden(&ids, &att, None).unwrap().i(0).unwrap();
+            let lp: Vec<f64> = model.row_logprobs(&h, &targets, s.temperature, s.top_p).unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+            for (r, l) in logits.iter().enumerate() {
+                let dist = sampling_distribution(l, &s);
+                let p = dist.iter().find(|(i, _)| *i == targets[r] as usize).map(|x| x.1).expect("sampled token is in the distribution");
+                assert!((lp[r].exp() - p).abs() < tol, "row {r} at {s:?}: exp(logp) {} vs sampler {p}", lp[r].exp());
+            }
+        }
+    }
+}
