@@ -147,7 +147,7 @@ impl CustomOp1 for FrozenMatmul {
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
         // dL/dx = dL/dy · W; no dL/dW (the weight is frozen).
         let (rows, _) = rows_of(x.layout());
-        let g = grad.contiguous()?.reshape((rows, ()))?;
+        let g = grad.detach().contiguous()?.reshape((rows, ()))?;
         Ok(Some(g.matmul(&self.w)?.reshape(x.shape())?))
     }
 }
@@ -218,6 +218,10 @@ impl candle_core::CustomOp3 for LoraLinear {
     }
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached: the backward builds no graph of its own (and its results
+        // keep no reference to the forward's).
+        let (x, a, b) = (&x.detach(), &a.detach(), &b.detach());
+        let grad = &grad.detach();
         let (rows, _) = rows_of(x.layout());
         let x2 = x.reshape((rows, ()))?;
         let g = grad.contiguous()?.reshape((rows, ()))?;
@@ -287,6 +291,7 @@ impl CustomOp1 for MaskedSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, p: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let (p, grad) = (&p.detach(), &grad.detach());
         let gp = (grad * p)?;
         let s = gp.sum_keepdim(D::Minus1)?;
         Ok(Some(((gp - p.broadcast_mul(&s)?)? * self.scale as f64)?))
@@ -328,6 +333,7 @@ impl CustomOp2 for RmsNorm {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         // n = x·r, r = 1/√(mean x² + ε): dx = r·(g⊙w − n·mean(g⊙w⊙n)), dw = Σ g⊙n.
+        let (x, w, g) = (&x.detach(), &w.detach(), &g.detach());
         let r = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?.recip()?;
         let n = x.broadcast_mul(&r)?;
         let gw = g.broadcast_mul(w)?;
@@ -369,6 +375,7 @@ impl CustomOp2 for Swiglu {
 
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, g: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>)> {
         // silu(x) = x·σ(x); silu'(x) = σ(x)·(1 + x·(1 − σ(x))).
+        let (gate, up, g) = (&gate.detach(), &up.detach(), &g.detach());
         let sig = (gate.neg()?.exp()? + 1.0)?.recip()?;
         let silu = (gate * &sig)?;
         let dsilu = (&sig * ((gate * (sig.ones_like()? - &sig)?)? + 1.0)?)?;
@@ -431,7 +438,7 @@ impl CustomOp1 for Rope {
         // the axes swap back. rot(−θ)(g) = g·cos − rotate_half(g)·sin, but
         // the transpose of rotate_half is −rotate_half, so dir = −1 is it.
         let (b, t, h, d) = x.dims4()?;
-        let g = grad.contiguous()?;
+        let g = grad.detach().contiguous()?;
         let out = with_f32(&g, "rope gradient", |g| Ok(self.apply(g, (b, t, h, d), -1.0, true)))?;
         Ok(Some(Tensor::from_vec(out, (b, t, h, d), x.device())?))
     }

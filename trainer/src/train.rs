@@ -323,7 +323,10 @@ pub fn save_if_due(
 pub fn accumulate(acc: &mut BTreeMap<String, Tensor>, params: &[(String, candle_core::Var)], g: &candle_core::backprop::GradStore) -> Result<()> {
     for (name, var) in params {
         if let Some(gr) = g.get(var.as_tensor()) {
-            let gr = gr.to_dtype(var.dtype())?;
+            // Detached: a parameter's gradient can still reference the
+            // forward graph it came from, which would then outlive the pass
+            // (every micro-batch's activations kept until the update).
+            let gr = gr.detach().to_dtype(var.dtype())?;
             let sum = match acc.remove(name) {
                 Some(prev) => (prev + gr)?,
                 None => gr,
