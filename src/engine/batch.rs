@@ -568,7 +568,15 @@ impl<'a> Batch<'a> {
         let submitted = slot.submitted;
         slot.ttft_ms.get_or_insert_with(|| ms(submitted.elapsed()));
         let step = slot.ctl.accept(token, slot.elapsed(), &engine.vocab);
+        let ends_turn = step.done == Some(Finish::EndOfTurn) && engine.delims.end_of_turn.contains(&token);
         self.apply(i, step, Some(logprob));
+        if ends_turn {
+            // The model's end-of-turn token closes the completion (a trainer
+            // learns to stop), though it is never decoded.
+            if let Some(slot) = self.slots[i].as_mut() {
+                slot.tokens.push(SeqToken { id: token, sampled: true, logprob: Some(logprob) });
+            }
+        }
     }
 
     /// Execute one controller step for slot `i`: stream its text, roll back
@@ -604,8 +612,6 @@ impl<'a> Batch<'a> {
             }
         };
         if let Some(done) = step.done {
-            // The end-of-turn token is part of the completion (a trainer
-            // learns to stop), though it is never decoded.
             record(slot, &step.feed, step.sampled_fed);
             slot.finish = Some(Ok(match done {
                 Finish::EndOfTurn => FinishReason::EndOfTurn,

@@ -215,6 +215,19 @@ fn load_adapter(model: &mut LlamaModel, path: &Path, info: &ModelInfo, scale: f3
     Ok((adapter, template))
 }
 
+/// Free a LoRA adapter now. llama.cpp otherwise frees adapters only with
+/// their model, so swapping one per training step would keep every one.
+/// Call only when no context uses it.
+fn free_adapter(adapter: LlamaLoraAdapter) {
+    // llama-cpp-2 keeps the pointer private and has no Drop for it; the
+    // wrapper is one `#[repr(transparent)]` non-null pointer (transmute
+    // checks the size).
+    // SAFETY: the value is exactly the adapter's pointer, owned by us and
+    // used by no live context (the caller holds the engine mutably).
+    let ptr: *mut llama_cpp_sys_2::llama_adapter_lora = unsafe { std::mem::transmute(adapter) };
+    unsafe { llama_cpp_sys_2::llama_adapter_lora_free(ptr) };
+}
+
 /// A loaded model, ready to solve questions from any thread.
 pub struct Engine {
     pub(crate) model: LlamaModel,
@@ -294,6 +307,24 @@ impl Engine {
             context_lock: Mutex::new(()),
             adapter,
         })
+    }
+
+    /// Replace the LoRA adapter (`None`: remove it) without reloading the
+    /// model, as an RL trainer does every step. The file is checked as at
+    /// load time; on an error the old adapter stays. The think format and
+    /// chat template stay those chosen at load time.
+    pub fn set_adapter(&mut self, path: Option<&Path>, scale: f32) -> Result<()> {
+        let new = match path {
+            Some(p) => Some(load_adapter(&mut self.model, p, &self.info, scale)?.0),
+            None => None,
+        };
+        if let Some(old) = self.adapter.take() {
+            free_adapter(old.into_inner().unwrap_or_else(|p| p.into_inner()));
+        }
+        self.adapter = new.map(Mutex::new);
+        self.options.adapter = path.map(Path::to_path_buf);
+        self.options.adapter_scale = scale;
+        Ok(())
     }
 
     /// What the file is.

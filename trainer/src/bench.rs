@@ -223,6 +223,7 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
                         tokens: (0..len).map(|i| token(i + PROMPT, b)).collect(),
                         generated: (0..len).map(|i| i % 50 != 7).collect(),
                         advantage: if b % 2 == 0 { 1.0 } else { -1.0 },
+                        behaviour: None,
                     }
                 })
                 .collect();

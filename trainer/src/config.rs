@@ -277,6 +277,23 @@ mod tests {
         }
         assert!(n >= 3);
     }
+
+    #[test]
+    fn thinking_caps_are_drawn_per_prompt_from_the_list() {
+        let mut r = RolloutSection::default();
+        assert_eq!(r.budgets().iter().map(|b| b.max_thinking_tokens).collect::<Vec<_>>(), vec![256]);
+        r.max_thinking_tokens = Some(Caps::Many(vec![128, 256, 384]));
+        let drawn: Vec<u32> = (0..300).map(|i| r.budget_for(7, i / 4, (i % 4) as usize).max_thinking_tokens).collect();
+        for c in [128, 256, 384] {
+            let n = drawn.iter().filter(|&&d| d == c).count();
+            assert!((70..=130).contains(&n), "cap {c} drawn {n} times of 300");
+        }
+        assert_eq!(r.budget_for(7, 3, 1), r.budget_for(7, 3, 1), "a function of the position");
+        let parsed: RolloutSection = toml::from_str("max_thinking_tokens = [128, 256]\n").unwrap();
+        assert_eq!(parsed.max_thinking_tokens, Some(Caps::Many(vec![128, 256])));
+        let parsed: RolloutSection = toml::from_str("max_thinking_tokens = 64\n").unwrap();
+        assert_eq!(parsed.max_thinking_tokens, Some(Caps::One(64)));
+    }
 }
 
 /// The GRPO configuration.
@@ -331,11 +348,89 @@ pub struct RolloutSection {
     pub sampling: crate::rollout::Sampling,
     /// The budget forcing applied while sampling (the runtime's controller).
     pub budget: reckon::BudgetConfig,
+    /// Thinking caps to train under, one drawn per prompt (so the model
+    /// learns to answer well when cut short at any cap a device may set;
+    /// Elastic Reasoning, arXiv 2505.05315): a number or a list such as
+    /// `[128, 256, 384]`. Overrides `budget.max_thinking_tokens`.
+    pub max_thinking_tokens: Option<Caps>,
+    /// Who samples: `engine` (the runtime's llama.cpp engine, batched; the
+    /// default when the run starts from a GGUF, or from a LoRA checkpoint of
+    /// one) or `trainer` (its own KV-cached sampler; tiny and HF models).
+    pub backend: Option<Backend>,
+    /// Engine rollouts: sequences decoded together (up to prompts × group).
+    pub engine_slots: u32,
+}
+
+/// The rollout backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The runtime's engine (llama.cpp).
+    Engine,
+    /// The trainer's own sampler.
+    Trainer,
+}
+
+/// One thinking cap, or a list to draw from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Caps {
+    /// Always this cap.
+    One(u32),
+    /// One of these per prompt.
+    Many(Vec<u32>),
 }
 
 impl Default for RolloutSection {
     fn default() -> Self {
-        Self { group_size: 8, sampling: Default::default(), budget: reckon::BudgetConfig { max_thinking_tokens: 256, max_answer_tokens: 32, ..Default::default() } }
+        Self {
+            group_size: 8,
+            sampling: Default::default(),
+            budget: reckon::BudgetConfig { max_thinking_tokens: 256, max_answer_tokens: 32, ..Default::default() },
+            max_thinking_tokens: None,
+            backend: None,
+            engine_slots: 32,
+        }
+    }
+}
+
+impl RolloutSection {
+    /// The engine's base for a run from `source` when rollouts go to the
+    /// engine (`None`: the trainer samples). An explicit `engine` with a
+    /// source it cannot load is an error.
+    pub fn backend(&self, source: &Path) -> Result<Option<crate::engine_rollout::EngineBase>> {
+        match self.backend {
+            Some(Backend::Trainer) => Ok(None),
+            Some(Backend::Engine) => crate::engine_rollout::engine_base(source)?.map(Some).with_context(|| {
+                format!(
+                    "rollout.backend = \"engine\" needs a GGUF model.source, or a LoRA checkpoint of a run that started from one; {} is neither (use \"trainer\")",
+                    source.display()
+                )
+            }),
+            None => crate::engine_rollout::engine_base(source),
+        }
+    }
+
+    /// Every budget a rollout may get.
+    pub fn budgets(&self) -> Vec<reckon::BudgetConfig> {
+        let caps = match &self.max_thinking_tokens {
+            None => vec![self.budget.max_thinking_tokens],
+            Some(Caps::One(c)) => vec![*c],
+            Some(Caps::Many(v)) => v.clone(),
+        };
+        caps.into_iter().map(|c| reckon::BudgetConfig { max_thinking_tokens: c, ..self.budget.clone() }).collect()
+    }
+
+    /// The budget of prompt `i` of step `step`: a function of (seed, step,
+    /// i) only, so a resumed run draws the same caps.
+    pub fn budget_for(&self, seed: u64, step: u64, i: usize) -> reckon::BudgetConfig {
+        let all = self.budgets();
+        // SplitMix64 of the position: independent of the sampling RNG.
+        let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        all[(z % all.len() as u64) as usize].clone()
     }
 }
 
@@ -409,7 +504,10 @@ impl GrpoConfig {
         );
         ensure!(self.train.micro_batch_tokens >= 16, "train.micro_batch_tokens must be at least 16");
         ensure!(self.rollout.sampling.top_p > 0.0 && self.rollout.sampling.top_p <= 1.0, "rollout.sampling.top_p must be in (0, 1]");
-        self.rollout.budget.validate().map_err(|e| anyhow::anyhow!("rollout.budget: {e}"))?;
+        ensure!(!matches!(&self.rollout.max_thinking_tokens, Some(Caps::Many(v)) if v.is_empty()), "rollout.max_thinking_tokens is an empty list: give one cap or several");
+        for b in self.rollout.budgets() {
+            b.validate().map_err(|e| anyhow::anyhow!("rollout.budget (thinking cap {}): {e}", b.max_thinking_tokens))?;
+        }
         ensure!(self.objective.epsilon > 0.0 && self.objective.epsilon < 1.0, "objective.epsilon must be in (0, 1)");
         ensure!(self.objective.epsilon_high.is_none_or(|e| e > 0.0), "objective.epsilon_high must be positive");
         ensure!(self.objective.beta >= 0.0, "objective.beta must be ≥ 0");

@@ -257,9 +257,9 @@ fn report(opts: &ExportOptions, t0: Instant, meta: &[(String, Value)]) -> Result
 /// with, which the runtime prefers over the base model's.
 pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     let t0 = Instant::now();
-    let (ggml_type, dtype) = match opts.file_type.to_ascii_lowercase().as_str() {
-        "f32" => (0u32, DType::F32),
-        "f16" => (1, DType::F16),
+    let dtype = match opts.file_type.to_ascii_lowercase().as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
         other => bail!("a LoRA adapter is written as f32 or f16, not '{other}'"),
     };
     refuse_existing(opts)?;
@@ -272,14 +272,59 @@ pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportRepor
     let lora = ck.state.lora.clone().with_context(|| {
         format!("checkpoint {} was trained without [lora], so it has no adapter: export the whole model instead", source.display())
     })?;
-    let mut data = Vec::new();
-    for (name, shape) in ck.model_config.weight_shapes() {
+    let scale = lora.alpha / lora.rank as f64;
+    let pairs = adapter_pairs(&ck.model_config, &ck.tensors, lora.rank, scale)?;
+    ensure!(!pairs.is_empty(), "checkpoint {} names LoRA settings but holds no adapter tensors", source.display());
+    let prov = provenance(source, Some(&ck.state), opts, false);
+    drop(ck);
+    out_dir(opts)?;
+    let meta = write_adapter(&opts.out, &pairs, dtype == DType::F16, &prov)?;
+    report(opts, t0, &meta)
+}
+
+/// One adapted matrix: its HF weight name, A `[r, in]`, and B `[out, r]`
+/// already multiplied by the adapter's scale α/r (so pairs of different
+/// ranks and scales concatenate into one adapter, written with α = r).
+pub type AdapterPair = (String, Tensor, Tensor);
+
+/// The LoRA pairs among `tensors` (`….lora_A.weight` / `lora_B`), checked
+/// against `config`'s shapes, B scaled by `scale`.
+pub fn adapter_pairs(config: &Qwen2Config, tensors: &BTreeMap<String, Tensor>, rank: usize, scale: f64) -> Result<Vec<AdapterPair>> {
+    let mut out = Vec::new();
+    for (name, shape) in config.weight_shapes() {
         let (a_name, b_name) = crate::model::lora_names(&name);
-        let (Some(a), Some(b)) = (ck.tensors.get(&a_name), ck.tensors.get(&b_name)) else { continue };
-        let (r, out, inp) = (lora.rank, shape[0], shape[1]);
-        ensure!(a.dims() == [r, inp], "adapter '{a_name}' has shape {:?}, expected [{r}, {inp}]", a.dims());
-        ensure!(b.dims() == [out, r], "adapter '{b_name}' has shape {:?}, expected [{out}, {r}]", b.dims());
-        let base = hf_to_gguf(&name).with_context(|| format!("no GGUF name for '{name}'"))?;
+        let (Some(a), Some(b)) = (tensors.get(&a_name), tensors.get(&b_name)) else { continue };
+        let (out_dim, inp) = (shape[0], shape[1]);
+        ensure!(a.dims() == [rank, inp], "adapter '{a_name}' has shape {:?}, expected [{rank}, {inp}]", a.dims());
+        ensure!(b.dims() == [out_dim, rank], "adapter '{b_name}' has shape {:?}, expected [{out_dim}, {rank}]", b.dims());
+        out.push((name, a.to_dtype(DType::F32)?, (b.to_dtype(DType::F32)? * scale)?));
+    }
+    Ok(out)
+}
+
+/// Two adapters as one: W + B₁A₁ + B₂A₂ = W + [B₁ B₂]·[A₁; A₂] (ranks add),
+/// for matrices either adapts.
+pub fn concat_adapters(first: &[AdapterPair], second: &[AdapterPair]) -> Result<Vec<AdapterPair>> {
+    let mut out: Vec<AdapterPair> = Vec::new();
+    let names: std::collections::BTreeSet<&String> = first.iter().chain(second).map(|p| &p.0).collect();
+    for name in names {
+        let parts: Vec<&AdapterPair> = first.iter().chain(second).filter(|p| &p.0 == name).collect();
+        let a = Tensor::cat(&parts.iter().map(|p| &p.1).collect::<Vec<_>>(), 0)?;
+        let b = Tensor::cat(&parts.iter().map(|p| &p.2).collect::<Vec<_>>(), 1)?;
+        out.push((name.clone(), a, b));
+    }
+    Ok(out)
+}
+
+/// Write `pairs` as a GGUF LoRA adapter in llama.cpp's layout (f16 or f32)
+/// with α = rank (B carries the scale); returns its metadata.
+pub fn write_adapter(out: &Path, pairs: &[AdapterPair], f16: bool, prov: &Provenance) -> Result<Vec<(String, Value)>> {
+    let (ggml_type, dtype) = if f16 { (1u32, DType::F16) } else { (0u32, DType::F32) };
+    let mut data = Vec::new();
+    let mut rank = 0;
+    for (name, a, b) in pairs {
+        let base = hf_to_gguf(name).with_context(|| format!("no GGUF name for '{name}'"))?;
+        rank = rank.max(a.dim(0)?);
         // llama.cpp's layout: lora_a is ne = [in, r], lora_b is ne = [r, out]
         // (PyTorch's A: r × in and B: out × r, dimensions reversed).
         for (suffix, t) in [("lora_a", a), ("lora_b", b)] {
@@ -292,13 +337,13 @@ pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportRepor
             data.push(TensorData { name: format!("{base}.{suffix}"), dims, ggml_type, data: bytes });
         }
     }
-    ensure!(!data.is_empty(), "checkpoint {} names LoRA settings but holds no adapter tensors", source.display());
-    let prov = provenance(source, Some(&ck.state), opts, false);
+    ensure!(rank > 0 && pairs.iter().all(|p| p.1.dim(0).ok() == Some(rank)), "an adapter's matrices must share one rank");
     let meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("qwen2".into())),
         ("general.type".into(), Value::String("adapter".into())),
         ("adapter.type".into(), Value::String("lora".into())),
-        ("adapter.lora.alpha".into(), Value::F32(lora.alpha as f32)),
+        // B already carries α/r: llama.cpp's scale α/r must be 1.
+        ("adapter.lora.alpha".into(), Value::F32(rank as f32)),
         ("general.name".into(), Value::String(prov.name.clone())),
         ("general.description".into(), Value::String(prov.recipe.clone())),
         ("general.license".into(), Value::String(prov.license.clone())),
@@ -306,10 +351,8 @@ pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportRepor
         ("general.base_model.0.name".into(), Value::String(prov.base_model.clone())),
         ("tokenizer.chat_template".into(), Value::String(S1_CHAT_TEMPLATE.into())),
     ];
-    drop(ck);
-    out_dir(opts)?;
-    gguf::write_file(&opts.out, &meta, &data).with_context(|| format!("writing {}", opts.out.display()))?;
-    report(opts, t0, &meta)
+    gguf::write_file(out, &meta, &data).with_context(|| format!("writing {}", out.display()))?;
+    Ok(meta)
 }
 
 /// Import a model (a GGUF the runtime uses, or an HF directory) as a step-0

@@ -21,6 +21,7 @@ use crate::model::Qwen2;
 use crate::objective::{objective_part, Totals};
 use crate::optim::{global_norm, lr_at, AdamW};
 use crate::plot::{curves, Panel};
+use crate::engine_rollout::EngineRollouts;
 use crate::rewards::{advantages, group_rewards, Completion};
 use crate::rollout::{rollout, s1_delimiters, Pieces, Rollout, Sampling};
 use crate::tokenizer::Tok;
@@ -73,6 +74,18 @@ pub struct GrpoMetrics {
     /// Completions in the update (groups with all-equal rewards left out).
     #[serde(default)]
     pub trained_completions: usize,
+    /// Engine rollouts: mean |ln π_trainer − ln π_engine| over generated tokens.
+    #[serde(default)]
+    pub mismatch_mean: f64,
+    /// Engine rollouts: the largest such gap.
+    #[serde(default)]
+    pub mismatch_max: f64,
+    /// Engine rollouts: k3 estimate of KL(π_engine ‖ π_trainer).
+    #[serde(default)]
+    pub mismatch_k3: f64,
+    /// Mean truncated-importance-sampling weight (1: none applied).
+    #[serde(default)]
+    pub tis_weight: f64,
     /// Learning rate.
     pub lr: f64,
     /// Sampling throughput.
@@ -153,6 +166,10 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     let mut history: Vec<GrpoMetrics> = read_metrics(&metrics_path)?;
     history.retain(|m| m.step <= state.step);
     write_metrics(&metrics_path, &history)?;
+    let mut engine = match cfg.rollout.backend(Path::new(&cfg.model.source))? {
+        Some(base) => Some(EngineRollouts::open(base, &model, cfg.rollout.engine_slots, None)?),
+        None => None,
+    };
     let bar = progress_bar(opts.progress, cfg.train.steps, state.step, "grpo");
     let mut last_ckpt = checkpoint::list(&ckpt_root)?.pop().map(|(_, p)| p);
     let mut run = Vec::new();
@@ -161,31 +178,47 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
         let step = state.step;
         let t0 = Instant::now();
         let idx = sample_indices(problems.len(), cfg.train.seed, step * cfg.train.prompts_per_step as u64, cfg.train.prompts_per_step);
-        // Rollouts.
+        // Rollouts: (prompt, completion, engine log-probs) per problem's group.
+        let budgets: Vec<reckon::BudgetConfig> = (0..idx.len()).map(|slot| cfg.rollout.budget_for(cfg.train.seed, step, slot)).collect();
+        let groups: Vec<Vec<(Vec<u32>, Rollout, Option<Vec<f32>>)>> = match &mut engine {
+            Some(er) => {
+                er.sync(&model)?;
+                let questions: Vec<String> = idx.iter().map(|&i| problems[i].question.clone()).collect();
+                let seed = (cfg.train.seed as u32).wrapping_add((step as u32).wrapping_mul(0x9E37_79B9));
+                let g = cfg.rollout.group_size;
+                let mut all = er.rollouts(&questions, &budgets, g as u32, &cfg.rollout.sampling, &cfg.data.system_prompt, seed)?.into_iter();
+                (0..idx.len()).map(|_| all.by_ref().take(g).map(|e| (e.prompt, e.rollout, Some(e.behaviour))).collect()).collect()
+            }
+            None => {
+                let mut out = Vec::new();
+                for (slot, &i) in idx.iter().enumerate() {
+                    let prompt = prompt_tokens(&tok, &cfg.data.system_prompt, &problems[i].question)?;
+                    let mut group = Vec::new();
+                    for _ in 0..cfg.rollout.group_size {
+                        let r = rollout(&model, &pieces, &delims, &budgets[slot], &prompt, &cfg.rollout.sampling, &mut rng)?;
+                        group.push((prompt.clone(), r, None));
+                    }
+                    out.push(group);
+                }
+                out
+            }
+        };
         let mut seqs: Vec<Scored> = Vec::new();
         let mut rolled: Vec<Rollout> = Vec::new();
         let mut parts = Vec::new();
         let mut judged = Vec::new();
-        for &i in &idx {
-            let p = &problems[i];
-            let prompt = prompt_tokens(&tok, &cfg.data.system_prompt, &p.question)?;
-            let gold = p.gold();
-            let mut group = Vec::new();
-            let mut outs = Vec::new();
-            for _ in 0..cfg.rollout.group_size {
-                let r = rollout(&model, &pieces, &delims, &cfg.rollout.budget, &prompt, &cfg.rollout.sampling, &mut rng)?;
-                group.push(judge(&r, &gold));
-                outs.push(r);
-            }
+        for (&i, outs) in idx.iter().zip(groups) {
+            let gold = problems[i].gold();
+            let group: Vec<Completion> = outs.iter().map(|(_, r, _)| judge(r, &gold)).collect();
             let rewards = group_rewards(&group, cfg.reward.weights, cfg.reward.length);
             let totals: Vec<f64> = rewards.iter().map(|r| r.total).collect();
             let uniform = totals.iter().all(|&t| t == totals[0]);
             if !(uniform && cfg.train.drop_uniform_groups) {
-                for (r, a) in outs.iter().zip(advantages(&totals, cfg.reward.scale_by_std)) {
-                    seqs.push(Scored { prompt: prompt.clone(), tokens: r.tokens.clone(), generated: r.generated.clone(), advantage: a });
+                for ((prompt, r, behaviour), a) in outs.iter().zip(advantages(&totals, cfg.reward.scale_by_std)) {
+                    seqs.push(Scored { prompt: prompt.clone(), tokens: r.tokens.clone(), generated: r.generated.clone(), advantage: a, behaviour: behaviour.clone() });
                 }
             }
-            rolled.extend(outs);
+            rolled.extend(outs.into_iter().map(|(_, r, _)| r));
             parts.extend(rewards);
             judged.extend(group);
         }
@@ -216,6 +249,10 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             clip_fraction: clip,
             grad_norm: norm,
             trained_completions: seqs.len(),
+            mismatch_mean: update.mismatch_mean,
+            mismatch_max: update.mismatch_max,
+            mismatch_k3: update.mismatch_k3,
+            tis_weight: update.tis_weight,
             lr,
             rollout_tokens_per_s: rollout_tokens as f64 / rollout_s,
             train_tokens_per_s: update.tokens as f64 / train_s,
@@ -251,6 +288,9 @@ pub struct Scored {
     pub generated: Vec<bool>,
     /// Group-relative advantage.
     pub advantage: f64,
+    /// ln π of each completion token under the engine that sampled it
+    /// (engine rollouts; 0 where injected): TIS weights and the mismatch.
+    pub behaviour: Option<Vec<f32>>,
 }
 
 /// What one policy update did.
@@ -266,6 +306,14 @@ pub struct UpdateStats {
     pub tokens: usize,
     /// Micro-batches per iteration.
     pub micro_batches: usize,
+    /// Engine rollouts: mean |ln π_trainer − ln π_engine| over generated tokens.
+    pub mismatch_mean: f64,
+    /// The largest such gap.
+    pub mismatch_max: f64,
+    /// k3 estimate of KL(π_engine ‖ π_trainer) over the same tokens.
+    pub mismatch_k3: f64,
+    /// Mean TIS weight over trained tokens (1 without engine log-probs).
+    pub tis_weight: f64,
 }
 
 /// Pack sequences of `lens` into micro-batches: sorted by length (so a
@@ -293,12 +341,14 @@ pub fn micro_batches(lens: &[usize], budget: usize) -> Vec<Vec<usize>> {
 /// One micro-batch's tensors: per-token log-probs `[b, len]` of the
 /// completion tokens under `model` (at the sampler's temperature and top-p;
 /// 0 where masked), the mask of trained tokens and the advantages.
-fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rollout::Sampling, pad: u32, dropout: crate::model::DropoutRng) -> Result<(Tensor, Tensor, Tensor)> {
+fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rollout::Sampling, pad: u32, dropout: crate::model::DropoutRng) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     let dev = model.device().clone();
     let tlen = seqs.iter().map(|s| s.prompt.len() + s.tokens.len() - 1).max().unwrap_or(1).max(1);
     let b = seqs.len();
     let (mut input, mut att, mut mask) = (vec![pad; b * tlen], vec![0u8; b * tlen], vec![0f32; b * tlen]);
     let (mut rows, mut targets, mut slot) = (Vec::new(), Vec::new(), vec![0u32; b * tlen]);
+    let has_behaviour = seqs.iter().all(|s| s.behaviour.is_some());
+    let mut behaviour = vec![0f32; if has_behaviour { b * tlen } else { 0 }];
     for (i, s) in seqs.iter().enumerate() {
         let plen = s.prompt.len();
         let full: Vec<u32> = s.prompt.iter().chain(&s.tokens).copied().collect();
@@ -308,6 +358,9 @@ fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rollout::Sa
             let k = j + 1;
             if k >= plen && s.generated[k - plen] {
                 mask[i * tlen + j] = 1.0;
+                if let (true, Some(beh)) = (has_behaviour, &s.behaviour) {
+                    behaviour[i * tlen + j] = beh[k - plen];
+                }
                 slot[i * tlen + j] = rows.len() as u32;
                 rows.push((i * tlen + j) as u32);
                 targets.push(full[k]);
@@ -336,7 +389,8 @@ fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rollout::Sa
     let lp2 = lp.index_select(&Tensor::from_vec(slot, b * tlen, &dev)?, 0)?.reshape((b, tlen))?;
     let mask = Tensor::from_vec(mask, (b, tlen), &dev)?;
     let adv = Tensor::from_vec(seqs.iter().map(|s| s.advantage as f32).collect::<Vec<_>>(), b, &dev)?;
-    Ok((lp2, mask, adv))
+    let behaviour = if has_behaviour { Some(Tensor::from_vec(behaviour, (b, tlen), &dev)?) } else { None };
+    Ok((lp2, mask, adv, behaviour))
 }
 
 /// Completions split into micro-batches, with the step's totals and the
@@ -372,13 +426,28 @@ fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mu
     let mut grads = BTreeMap::new();
     let mut stats = UpdateStats { micro_batches: p.groups.len(), ..Default::default() };
     for (k, g) in p.groups.iter().enumerate() {
-        let (lp, mask, adv) = micro_logprobs(model, g, &cfg.rollout.sampling, pad, Some(&mut *rng))?;
+        let (lp, mask, adv, behaviour) = micro_logprobs(model, g, &cfg.rollout.sampling, pad, Some(&mut *rng))?;
         stats.tokens += lp.elem_count();
         let old_lp = match &p.old {
             Some(o) => o[k].clone(),
             None => lp.detach(),
         };
-        let o = objective_part(&lp, &old_lp, p.refs.as_ref().map(|r| &r[k]), &adv, &mask, &cfg.objective, &p.totals)?;
+        if let Some(beh) = &behaviour {
+            // Trainer vs engine on the tokens the engine sampled.
+            let (t, e, m): (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) = (old_lp.to_dtype(DType::F32)?.to_vec2()?, beh.to_vec2()?, mask.to_vec2()?);
+            for ((t, e), m) in t.iter().zip(&e).zip(&m) {
+                for j in 0..t.len() {
+                    if m[j] > 0.0 {
+                        let r = (t[j] - e[j]) as f64;
+                        stats.mismatch_mean += r.abs();
+                        stats.mismatch_max = stats.mismatch_max.max(r.abs());
+                        stats.mismatch_k3 += r.exp() - 1.0 - r;
+                    }
+                }
+            }
+        }
+        let o = objective_part(&lp, &old_lp, p.refs.as_ref().map(|r| &r[k]), behaviour.as_ref(), &adv, &mask, &cfg.objective, &p.totals)?;
+        stats.tis_weight += o.tis_weight;
         let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !l.is_finite() {
             return Err(TrainError::NonFinite { what: "loss", step, last: last_ckpt.clone() }.into());
@@ -387,6 +456,9 @@ fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mu
         stats.kl += o.kl;
         stats.clip_fraction += o.clip_fraction;
     }
+    let active = p.totals.active_tokens.max(1.0);
+    stats.mismatch_mean /= active;
+    stats.mismatch_k3 /= active;
     stats.grad_norm = global_norm(&grads)?;
     if !stats.grad_norm.is_finite() {
         return Err(TrainError::NonFinite { what: "gradient norm", step, last: last_ckpt.clone() }.into());

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod engine_rollout;
 pub mod export;
 pub mod kernels;
 pub mod grpo;

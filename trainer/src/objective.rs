@@ -5,6 +5,11 @@
 //!   r = exp(logπ − logπ_old)
 //!   ℓ = −min(r·A_i, clip(r, 1−ε, 1+ε_high)·A_i) + β·k3
 //!   k3 = exp(logπ_ref − logπ) − (logπ_ref − logπ) − 1   (Schulman's k3, ≥ 0)
+//! With rollouts from another engine (llama.cpp), the policy term is weighted
+//! by truncated importance sampling (TIS; Yao et al. 2025, TRL's
+//! `vllm_importance_sampling_correction`, verl's `tis_imp_ratio_cap`):
+//!   w = min(π_old / π_engine, C)   per token, or per sequence with the
+//!   ratio of the sequence's products (exp of the summed log-ratios).
 //! Aggregation:
 //!   grpo    — mean over completions of each one's token mean (DeepSeekMath, arXiv 2402.03300);
 //!   dapo    — sum over all active tokens / their count (DAPO, arXiv 2503.14476);
@@ -26,6 +31,19 @@ pub enum Aggregation {
     DrGrpo,
 }
 
+/// How the rollout engine's sampling probabilities correct the objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tis {
+    /// Each token weighted by min(π_old / π_engine, C).
+    #[default]
+    Token,
+    /// Every token of a completion weighted by min(Π π_old / Π π_engine, C).
+    Sequence,
+    /// No correction.
+    Off,
+}
+
 /// Objective settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,15 +61,26 @@ pub struct ObjectiveConfig {
     /// Dr. GRPO's constant normalizer (e.g. the maximum completion length).
     #[serde(default = "default_dr_len")]
     pub dr_grpo_length: usize,
+    /// Truncated importance sampling when the rollouts carry the engine's
+    /// log-probs (token, sequence or off).
+    #[serde(default)]
+    pub tis: Tis,
+    /// Its cap C.
+    #[serde(default = "default_tis_cap")]
+    pub tis_cap: f64,
 }
 
 fn default_dr_len() -> usize {
     1024
 }
 
+fn default_tis_cap() -> f64 {
+    2.0
+}
+
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        Self { epsilon: 0.2, epsilon_high: None, beta: 0.0, aggregation: Aggregation::Grpo, dr_grpo_length: 1024 }
+        Self { epsilon: 0.2, epsilon_high: None, beta: 0.0, aggregation: Aggregation::Grpo, dr_grpo_length: 1024, tis: Tis::Token, tis_cap: 2.0 }
     }
 }
 
@@ -63,6 +92,8 @@ pub struct Objective {
     pub kl: f64,
     /// Share of active tokens whose ratio was clipped.
     pub clip_fraction: f64,
+    /// Mean TIS weight over active tokens (1 without engine log-probs).
+    pub tis_weight: f64,
 }
 
 /// What the loss is normalised by: the whole step's completions and active
@@ -94,16 +125,19 @@ pub fn objective(
     mask: &Tensor,
     cfg: &ObjectiveConfig,
 ) -> Result<Objective> {
-    objective_part(logp, old_logp, ref_logp, advantages, mask, cfg, &Totals::of(mask)?)
+    objective_part(logp, old_logp, ref_logp, None, advantages, mask, cfg, &Totals::of(mask)?)
 }
 
 /// The share of [`objective`] that one micro-batch contributes to a step
 /// with `totals`: loss, KL and clip fraction of micro-batches add up to the
-/// big batch's.
+/// big batch's. `behaviour_logp` `[completions, len]` are the rollout
+/// engine's log-probs of the sampled tokens (TIS weights; `None`: none).
+#[allow(clippy::too_many_arguments)]
 pub fn objective_part(
     logp: &Tensor,
     old_logp: &Tensor,
     ref_logp: Option<&Tensor>,
+    behaviour_logp: Option<&Tensor>,
     advantages: &Tensor,
     mask: &Tensor,
     cfg: &ObjectiveConfig,
@@ -120,6 +154,17 @@ pub fn objective_part(
     let s2 = clipped.broadcast_mul(&adv)?;
     let mut per_token = s1.minimum(&s2)?.neg()?;
     let active = totals.active_tokens.max(1.0);
+    let mut tis_weight = (mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) / active;
+    if let (Some(beh), true) = (behaviour_logp, cfg.tis != Tis::Off) {
+        // log(π_old / π_engine), 0 where masked (so exp cannot overflow there).
+        let d = ((old_logp.detach() - beh.detach().to_dtype(logp.dtype())?)? * &mask)?;
+        let w = match cfg.tis {
+            Tis::Sequence => d.sum_keepdim(D::Minus1)?.exp()?.minimum(cfg.tis_cap)?.broadcast_as(d.shape())?.contiguous()?,
+            _ => d.exp()?.minimum(cfg.tis_cap)?,
+        };
+        tis_weight = (&w * &mask)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / active;
+        per_token = (per_token * w)?;
+    }
     let mut kl_mean = 0.0;
     if let Some(r) = ref_logp {
         let d = (r.detach() - logp)?;
@@ -154,7 +199,7 @@ pub fn objective_part(
             }
         }
     }
-    Ok(Objective { loss, kl: kl_mean, clip_fraction: clipped_n / active })
+    Ok(Objective { loss, kl: kl_mean, clip_fraction: clipped_n / active, tis_weight })
 }
 
 #[cfg(test)]
@@ -243,7 +288,7 @@ mod tests {
             let (mut loss, mut kl, mut clip) = (0.0, 0.0, 0.0);
             for i in 0..2 {
                 let v = Var::from_tensor(&row(&lp, i)).unwrap();
-                let o = objective_part(v.as_tensor(), &row(&old, i), Some(&row(&reference, i)), &Tensor::new(&[adv[i]], &dev).unwrap(), &row(&mask, i), &cfg, &totals).unwrap();
+                let o = objective_part(v.as_tensor(), &row(&old, i), Some(&row(&reference, i)), None, &Tensor::new(&[adv[i]], &dev).unwrap(), &row(&mask, i), &cfg, &totals).unwrap();
                 loss += o.loss.to_scalar::<f64>().unwrap();
                 kl += o.kl;
                 clip += o.clip_fraction;
@@ -255,5 +300,38 @@ mod tests {
             assert!((loss - big_loss).abs() < 1e-12, "{aggregation:?}: {loss} vs {big_loss}");
             assert!((kl - big.kl).abs() < 1e-12 && (clip - big.clip_fraction).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn truncated_importance_sampling_weights_the_policy_term() {
+        // The engine's log-probs of `case`'s tokens: log(π_old/π_engine) =
+        // old − engine per token.
+        let lp = Var::from_tensor(&t2(&[[-1.0, -0.5, -2.0], [-0.2, -1.5, -0.7]])).unwrap();
+        let old = t2(&[[-1.2, -0.5, -1.0], [-0.1, -1.0, -0.7]]);
+        let engine = t2(&[[-1.5, -0.4, -2.0], [-0.1, -0.9, 9.0]]);
+        let adv = Tensor::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
+        let mask = t2(&[[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]);
+        let run = |tis: Tis| {
+            let cfg = ObjectiveConfig { aggregation: Aggregation::Dapo, tis, tis_cap: 2.0, ..Default::default() };
+            let o = objective_part(lp.as_tensor(), &old, None, Some(&engine), &adv, &mask, &cfg, &Totals::of(&mask).unwrap()).unwrap();
+            (o.loss.to_scalar::<f64>().unwrap(), o.tis_weight)
+        };
+        // Token weights: e^0.3 = 1.3499, e^−0.1 = 0.9048, e^1 = 2.718 → 2
+        // (capped), e^0 = 1, e^−0.1 = 0.9048; the masked token (engine 9.0)
+        // does not count.
+        let w = [[0.3f64.exp(), (-0.1f64).exp(), 2.0], [1.0, (-0.1f64).exp(), 0.0]];
+        let want = (L0[0] * w[0][0] + L0[1] * w[0][1] + L0[2] * w[0][2] + L1[0] * w[1][0] + L1[1] * w[1][1]) / 5.0;
+        let (loss, mean_w) = run(Tis::Token);
+        assert!((loss - want).abs() < 1e-9, "{loss} vs {want}");
+        assert!((mean_w - (w[0][0] + w[0][1] + 2.0 + 1.0 + w[1][1]) / 5.0).abs() < 1e-9);
+        // Sequence weights: seq 0 e^(0.3 − 0.1 + 1) = e^1.2 → 2; seq 1 e^−0.1.
+        let s1 = (-0.1f64).exp();
+        let want = ((L0[0] + L0[1] + L0[2]) * 2.0 + (L1[0] + L1[1]) * s1) / 5.0;
+        let (loss, _) = run(Tis::Sequence);
+        assert!((loss - want).abs() < 1e-9, "{loss} vs {want}");
+        // Off: the plain objective.
+        let (loss, mean_w) = run(Tis::Off);
+        assert!((loss - (L0.iter().sum::<f64>() + L1.iter().sum::<f64>()) / 5.0).abs() < 1e-9);
+        assert_eq!(mean_w, 1.0);
     }
 }

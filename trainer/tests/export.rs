@@ -404,6 +404,31 @@ fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
     assert!(runtime_gap(&off, &plain, &prompt) < 1e-6, "scale 0 is the base model");
     drop((with, off));
 
+    // GRPO's engine rollouts swap the adapter on a loaded model every step:
+    // a swapped-in adapter equals one loaded with the model; a refused file
+    // leaves the current one; removing it gives the base back. Two adapters
+    // concatenated (ranks add) act as their sum: two halves of this one.
+    let mut swapped = Engine::load(&base, EngineOptions::default()).unwrap();
+    swapped.set_adapter(Some(&adapter), 1.0).unwrap();
+    assert!(runtime_gap(&swapped, &merged_engine, &prompt) < 1e-4, "swapped in");
+    assert!(swapped.set_adapter(Some(&merged), 1.0).is_err(), "a model is not an adapter");
+    assert!(runtime_gap(&swapped, &merged_engine, &prompt) < 1e-4, "a refused adapter leaves the current one");
+    let ck = reckon_trainer::checkpoint::load(&lora_ck).unwrap();
+    let lora = ck.state.lora.clone().unwrap();
+    let halves = reckon_trainer::export::adapter_pairs(&ck.model_config, &ck.tensors, lora.rank, 0.5 * lora.alpha / lora.rank as f64).unwrap();
+    let both = reckon_trainer::export::concat_adapters(&halves, &halves).unwrap();
+    assert_eq!(both[0].1.dim(0).unwrap(), 2 * lora.rank);
+    let stacked = dir.path().join("stacked-f32.gguf");
+    let prov = reckon_trainer::export::Provenance { name: "stacked".into(), base_model: "tiny".into(), recipe: "test".into(), license: "mit".into() };
+    reckon_trainer::export::write_adapter(&stacked, &both, false, &prov).unwrap();
+    for _ in 0..3 {
+        swapped.set_adapter(Some(&stacked), 1.0).unwrap();
+    }
+    assert!(runtime_gap(&swapped, &merged_engine, &prompt) < 1e-4, "two half adapters stacked are the whole one");
+    swapped.set_adapter(None, 1.0).unwrap();
+    assert!(runtime_gap(&swapped, &plain, &prompt) < 1e-6, "no adapter: the base model");
+    drop(swapped);
+
     // F16 halves the file and stays close.
     let half = dir.path().join("adapter-f16.gguf");
     let r16 = export_adapter(&lora_ck, &opts(&half, "f16")).unwrap();
