@@ -101,31 +101,46 @@ impl EngineRollouts {
     /// `group` samples of each question, budget-forced with `budgets[i]`,
     /// seeds drawn from `seed`. Returns them in order, question by question.
     pub fn rollouts(&self, questions: &[String], budgets: &[reckon::BudgetConfig], group: u32, sampling: &Sampling, system: &str, seed: u32) -> Result<Vec<EngineRollout>> {
-        let jobs: Vec<Job> = questions
+        let options: Vec<SolveOptions> = budgets
             .iter()
-            .zip(budgets)
             .enumerate()
-            .map(|(i, (q, b))| {
-                let options = SolveOptions {
-                    budget: b.clone(),
-                    sampling: SamplingConfig {
-                        temperature: sampling.temperature as f32,
-                        top_k: 0,
-                        top_p: sampling.top_p as f32,
-                        min_p: 0.0,
-                        seed: seed.wrapping_add(i as u32 * group),
-                        repeat_penalty: 1.0,
-                        repeat_last_n: 0,
-                    },
-                    threads: self.threads,
-                    system_prompt: Some(system.to_string()).filter(|s| !s.is_empty()),
-                };
-                Job::group(i as u64 * u64::from(group), q.clone(), options, group)
+            .map(|(i, b)| SolveOptions {
+                budget: b.clone(),
+                sampling: SamplingConfig {
+                    temperature: sampling.temperature as f32,
+                    top_k: 0,
+                    top_p: sampling.top_p as f32,
+                    min_p: 0.0,
+                    seed: seed.wrapping_add(i as u32 * group),
+                    repeat_penalty: 1.0,
+                    repeat_last_n: 0,
+                },
+                threads: self.threads,
+                system_prompt: Some(system.to_string()).filter(|s| !s.is_empty()),
             })
             .collect();
         let total = questions.len() * group as usize;
         let mut done: Vec<Option<Finished>> = (0..total).map(|_| None).collect();
-        self.engine.solve_queue(jobs, self.slots.min(total as u32).max(1), self.threads, &mut |f| {
+        // As many slots as asked for, or as the context limit fits.
+        let mut slots = self.slots.min(total as u32).max(1);
+        let mut need = 1;
+        for (q, o) in questions.iter().zip(&options) {
+            let prompt = self.engine.prompt_tokens(q, o)?;
+            need = need.max(self.engine.slot_context(prompt.len(), &o.budget)?);
+        }
+        slots = slots.min((self.engine.context_limit() / need).max(1));
+        // A group shares its prompt when its samples fit side by side; a
+        // larger group is split (each part decodes the prompt).
+        let mut jobs: Vec<Job> = Vec::new();
+        for (i, (q, o)) in questions.iter().zip(&options).enumerate() {
+            for start in (0..group).step_by(slots as usize) {
+                let samples = (start..group.min(start + slots))
+                    .map(|k| reckon::engine::Sample::silent(i as u64 * u64::from(group) + u64::from(k), Some(o.sampling.seed.wrapping_add(k))))
+                    .collect();
+                jobs.push(Job { question: q.clone(), options: o.clone(), samples });
+            }
+        }
+        self.engine.solve_queue(jobs, slots, self.threads, &mut |f| {
             let t = f.tag as usize;
             if t < total {
                 done[t] = Some(f);

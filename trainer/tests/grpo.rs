@@ -280,3 +280,45 @@ fn micro_batched_gradients_equal_one_big_batch() {
         }
     }
 }
+
+/// The same proof with rollouts on the runtime's engine: the verbose SFT
+/// model exported to an f32 GGUF, GRPO with LoRA on top of it, every
+/// rollout sampled by llama.cpp (the G samples of a prompt in one batched
+/// context, the trainer's adapter swapped in each step), the objective
+/// corrected by truncated importance sampling.
+#[test]
+fn engine_rollouts_cut_length_without_losing_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sft = sft_verbose(d);
+    let gguf = d.join("sft-f32.gguf");
+    let opts = reckon_trainer::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    reckon_trainer::export::export(&sft, &opts).unwrap();
+    let train = d.join("train.jsonl");
+    write_problems(&train, &problems(200, 41));
+    let held_out = problems(40, 77);
+    let (acc0, len0) = eval(&sft, &held_out);
+
+    let cfg_path = grpo_config(d, "engine", &gguf, &train, "{ kind = \"kimi\" }");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("[rollout]\n", "[rollout]\nbackend = \"engine\"\n")
+        .replace("[optim]\nlr = 1e-4", "[optim]\nlr = 2e-3")
+        + "[lora]\nrank = 8\nalpha = 16.0\ntargets = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]\n";
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg = reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap();
+    let rows = run_grpo(&cfg, &RunOptions { out: d.join("engine"), ..Default::default() }).unwrap();
+    let ck = reckon_trainer::checkpoint::list(&d.join("engine/checkpoints")).unwrap().pop().unwrap().1;
+    let (acc1, len1) = eval(&ck, &held_out);
+    eprintln!(
+        "engine rollouts: SFT accuracy {acc0:.3} length {len0:.1} → GRPO accuracy {acc1:.3} length {len1:.1}; mismatch mean/max/k3 {:?}; rollout tok/s {:?}",
+        rows.iter().map(|m| (m.mismatch_mean, m.mismatch_max, m.mismatch_k3)).collect::<Vec<_>>(),
+        rows.iter().map(|m| m.rollout_tokens_per_s as i64).collect::<Vec<_>>()
+    );
+    // Same weights on both sides (f32 GGUF, f32 trainer): the engine's
+    // log-probs are the trainer's up to kernel rounding, so TIS weighs ~1.
+    assert!(rows.iter().all(|m| m.mismatch_mean < 0.05 && m.mismatch_k3 < 0.01), "trainer/engine mismatch too large");
+    assert!(rows.iter().any(|m| m.mismatch_mean > 0.0), "the mismatch is measured");
+    assert!(len1 <= 0.7 * len0, "engine-rollout GRPO: length {len0:.1} → {len1:.1}");
+    assert!(acc1 >= acc0 - 0.05, "engine-rollout GRPO: accuracy {acc0:.3} → {acc1:.3}");
+}
