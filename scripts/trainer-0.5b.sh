@@ -8,6 +8,7 @@
 #   GRPO_SMALL=1 bash scripts/trainer-0.5b.sh
 #       # GRPO at the memory target's size instead: 4 prompts x 8
 #       # completions x up to 320 tokens (256 thinking + 64 answer)
+#   GRPO_ONLY=1 ...   # reuse the SFT checkpoint of an earlier run
 #
 # Needs a release build (bash scripts/setup.sh) and writes under
 # runs/configs-0.5b/ (OUT= to change). Nothing else runs beside it: the
@@ -21,8 +22,9 @@ OUT=${OUT:-runs/configs-0.5b}
 mkdir -p runs "$OUT"
 [ -f runs/gsm8k-sft.jsonl ] || "$RT" data gsm8k --input ../shared/data/gsm8k/train.jsonl --out runs/gsm8k-sft.jsonl
 
-peak() { # COMMAND... : run it, print its peak RSS
-  /usr/bin/time -f '%M' -o "$OUT/rss.txt" "$@"
+peak() { # JSON_OUT COMMAND... : run it (stdout to JSON_OUT), print its peak RSS
+  local json=$1; shift
+  /usr/bin/time -f '%M' -o "$OUT/rss.txt" "$@" > "$json"
   echo "peak RSS: $(( $(cat "$OUT/rss.txt") / 1024 )) MiB"
 }
 steps() { # METRICS.jsonl
@@ -32,11 +34,13 @@ for l in open(sys.argv[1]):
     print("step %d: %s" % (m["step"], ", ".join("%s %.4g" % (k, v) for k, v in m.items() if k in ("loss", "reward", "mean_length", "tokens_per_s", "rollout_tokens_per_s", "train_tokens_per_s") )))' "$1"
 }
 
-echo "==> SFT, 2 steps of $(basename trainer/configs/sft-qwen2.5-0.5b-lora.toml)"
-t0=$(date +%s)
-peak "$RT" sft --config trainer/configs/sft-qwen2.5-0.5b-lora.toml --out "$OUT/sft" --fresh --stop-after 2 --json > "$OUT/sft.json"
-echo "wall: $(( $(date +%s) - t0 )) s (load and 2 steps)"
-steps "$OUT/sft/metrics.jsonl"
+if [ -z "${GRPO_ONLY:-}" ] || ! ls -d "$OUT"/sft/checkpoints/step-* >/dev/null 2>&1; then
+  echo "==> SFT, 2 steps of $(basename trainer/configs/sft-qwen2.5-0.5b-lora.toml)"
+  t0=$(date +%s)
+  peak "$OUT/sft.json" "$RT" sft --config trainer/configs/sft-qwen2.5-0.5b-lora.toml --out "$OUT/sft" --fresh --stop-after 2 --json
+  echo "wall: $(( $(date +%s) - t0 )) s (load and 2 steps)"
+  steps "$OUT/sft/metrics.jsonl"
+fi
 
 ckpt=$(ls -d "$PWD/$OUT"/sft/checkpoints/step-* | tail -1)
 sed -e "s|^source = .*|source = \"$ckpt\"|" -e "s|^train = .*|train = \"$PWD/../shared/data/gsm8k/train.jsonl\"|" \
@@ -46,6 +50,6 @@ if [ -n "${GRPO_SMALL:-}" ]; then
 fi
 echo "==> GRPO, 2 steps of $(basename trainer/configs/grpo-gsm8k-0.5b-lora.toml)${GRPO_SMALL:+ (4 prompts, 256 thinking tokens)} from $ckpt"
 t0=$(date +%s)
-peak "$RT" grpo --config "$OUT/grpo.toml" --out "$OUT/grpo" --fresh --stop-after 2 --json > "$OUT/grpo.json"
+peak "$OUT/grpo.json" "$RT" grpo --config "$OUT/grpo.toml" --out "$OUT/grpo" --fresh --stop-after 2 --json
 echo "wall: $(( $(date +%s) - t0 )) s (load and 2 steps)"
 steps "$OUT/grpo/metrics.jsonl"

@@ -279,6 +279,20 @@ mod tests {
     }
 
     #[test]
+    fn half_precision_on_the_cpu_is_refused_with_what_to_use() {
+        let m = |dtype: &str, device: &str| ModelSection { source: "x.gguf".into(), compute_dtype: dtype.into(), device: device.into() };
+        for dtype in ["bf16", "f16"] {
+            let e = m(dtype, "cpu").validate().unwrap_err().to_string();
+            assert!(e.contains("f32") && e.contains(dtype), "{e}");
+            // "auto" that found no GPU is caught where the device is known.
+            let e = crate::train::compute_dtype(dtype, &candle_core::Device::Cpu).unwrap_err().to_string();
+            assert!(e.contains("CUDA") && e.contains("f32"), "{e}");
+        }
+        assert!(m("bf16", "cuda").validate().is_ok() && m("auto", "cpu").validate().is_ok() && m("f32", "cpu").validate().is_ok());
+        assert_eq!(crate::train::compute_dtype("auto", &candle_core::Device::Cpu).unwrap(), candle_core::DType::F32);
+    }
+
+    #[test]
     fn thinking_caps_are_drawn_per_prompt_from_the_list() {
         let mut r = RolloutSection::default();
         assert_eq!(r.budgets().iter().map(|b| b.max_thinking_tokens).collect::<Vec<_>>(), vec![256]);
@@ -477,7 +491,7 @@ pub struct GrpoTrain {
 
 impl Default for GrpoTrain {
     fn default() -> Self {
-        Self { steps: 100, prompts_per_step: 4, num_iterations: 1, seed: 0, micro_batch_tokens: 2048, drop_uniform_groups: true }
+        Self { steps: 100, prompts_per_step: 4, num_iterations: 1, seed: 0, micro_batch_tokens: 1536, drop_uniform_groups: true }
     }
 }
 

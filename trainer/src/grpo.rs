@@ -137,13 +137,21 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     let problems = read_problems(&cfg.data.train)?;
     let ckpt_root = prepare_out(opts)?;
     let run_config = serde_json::to_value(cfg)?;
-    let src = weights::load(Path::new(&cfg.model.source))?;
-    let base_tensors = src.tensors;
+    let mut src = weights::load(Path::new(&cfg.model.source))?;
+    // The frozen reference of full fine-tuning is the starting weights; with
+    // LoRA it is the model with adapters off (built below). The source's
+    // tensors are not kept past this point (2 GB at 0.5B).
+    let start_reference = if cfg.objective.beta > 0.0 && cfg.lora.is_none() {
+        Some(Qwen2::from_tensors(src.config.clone(), src.tensors.clone(), None, &mut ChaCha8Rng::seed_from_u64(0), &dev)?)
+    } else {
+        None
+    };
+    let base_tensors = std::mem::take(&mut src.tensors);
     let (mut model, tok, mut opt, mut rng, mut state) = match resume(&ckpt_root, &run_config, &cfg.optim, &dev, &opts.out)? {
         Some(r) => r,
         None => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-            let model = Qwen2::from_tensors(src.config.clone(), base_tensors.clone(), cfg.lora.clone(), &mut rng, &dev)?;
+            let model = Qwen2::from_tensors(src.config.clone(), base_tensors, cfg.lora.clone(), &mut rng, &dev)?;
             let state = TrainState::fresh("grpo", cfg.lora.clone(), run_config.clone(), &cfg.model.source, &rng);
             (model, src.tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
@@ -151,13 +159,9 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &dev)?);
     // The frozen reference for the KL term: adapters off under LoRA, the
     // starting weights otherwise.
-    let reference = if cfg.objective.beta > 0.0 {
-        Some(match cfg.lora {
-            Some(_) => model.without_lora(),
-            None => Qwen2::from_tensors(src.config.clone(), base_tensors, None, &mut ChaCha8Rng::seed_from_u64(0), &dev)?,
-        })
-    } else {
-        None
+    let reference = match (cfg.objective.beta > 0.0, &cfg.lora) {
+        (true, Some(_)) => Some(model.without_lora()),
+        _ => start_reference,
     };
     let pieces = Pieces::new(&tok);
     let delims = s1_delimiters(&tok)?;

@@ -104,6 +104,26 @@ fn rows_of(l: &Layout) -> (usize, usize) {
     (dims.iter().product::<usize>() / w.max(1), w)
 }
 
+/// `x·Wᵀ + bias` for `x` (layout `l`, `[…, in]`) and `W` `[out, in]`, with
+/// the output's shape `[…, out]`.
+fn frozen_product(x: &[f32], l: &Layout, w: &Tensor, bias: Option<&Tensor>) -> CResult<(Vec<f32>, Shape)> {
+    let (rows, inner) = rows_of(l);
+    let (out_dim, w_in) = w.dims2()?;
+    if w_in != inner {
+        candle_core::bail!("frozen linear: input width {inner}, weight {:?}", w.dims());
+    }
+    let mut out = vec![0f32; rows * out_dim];
+    with_f32(w, "frozen weight", |w| {
+        // rhs[k][j] = W[j][k]: Wᵀ read in place.
+        sgemm(rows, out_dim, inner, x, inner, 1, w, 1, inner, &mut out, false);
+        Ok(())
+    })?;
+    add_bias(&mut out, bias)?;
+    let mut dims = l.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = out_dim;
+    Ok((out, Shape::from(dims)))
+}
+
 struct FrozenMatmul {
     w: Tensor,
     bias: Option<Tensor>,
@@ -127,21 +147,8 @@ impl CustomOp1 for FrozenMatmul {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "frozen-matmul input")?;
-        let (rows, inner) = rows_of(l);
-        let (out_dim, w_in) = self.w.dims2()?;
-        if w_in != inner {
-            candle_core::bail!("frozen-matmul: input width {inner}, weight {:?}", self.w.dims());
-        }
-        let mut out = vec![0f32; rows * out_dim];
-        with_f32(&self.w, "frozen-matmul weight", |w| {
-            // rhs[k][j] = W[j][k]: Wᵀ read in place.
-            sgemm(rows, out_dim, inner, x, inner, 1, w, 1, inner, &mut out, false);
-            Ok(())
-        })?;
-        add_bias(&mut out, self.bias.as_ref())?;
-        let mut dims = l.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = out_dim;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        let (out, shape) = frozen_product(x, l, &self.w, self.bias.as_ref())?;
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
@@ -187,18 +194,13 @@ impl candle_core::CustomOp3 for LoraLinear {
         let a = f32_slice(as_, al, "lora A")?;
         let b = f32_slice(bs, bl, "lora B")?;
         let (rows, inner) = rows_of(xl);
-        let (out_dim, w_in) = self.w.dims2()?;
+        let (out_dim, _) = self.w.dims2()?;
         let (r, a_in) = rows_of(al);
         let (b_out, b_r) = rows_of(bl);
-        if w_in != inner || a_in != inner || b_out != out_dim || b_r != r {
+        if a_in != inner || b_out != out_dim || b_r != r {
             candle_core::bail!("lora-linear: input width {inner}, W {:?}, A {r}×{a_in}, B {b_out}×{b_r}", self.w.dims());
         }
-        let mut out = vec![0f32; rows * out_dim];
-        with_f32(&self.w, "lora base weight", |w| {
-            sgemm(rows, out_dim, inner, x, inner, 1, w, 1, inner, &mut out, false);
-            Ok(())
-        })?;
-        add_bias(&mut out, self.bias.as_ref())?;
+        let (mut out, shape) = frozen_product(x, xl, &self.w, self.bias.as_ref())?;
         // u = x'·Aᵀ [rows, r]; y += u·(s·B)ᵀ.
         let masked;
         let xin: &[f32] = match &self.mask {
@@ -212,9 +214,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         sgemm(rows, r, inner, xin, inner, 1, a, 1, inner, &mut u, false);
         let bs: Vec<f32> = b.iter().map(|v| v * self.scale as f32).collect();
         sgemm(rows, out_dim, r, &u, r, 1, &bs, 1, r, &mut out, true);
-        let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = out_dim;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
