@@ -300,11 +300,12 @@ fn engine_rollouts_cut_length_without_losing_accuracy() {
     let (acc0, len0) = eval(&sft, &held_out);
 
     let cfg_path = grpo_config(d, "engine", &gguf, &train, "{ kind = \"kimi\" }");
-    let text = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("[rollout]\n", "[rollout]\nbackend = \"engine\"\n")
-        .replace("[optim]\nlr = 1e-4", "[optim]\nlr = 2e-3")
-        + "[lora]\nrank = 8\nalpha = 16.0\ntargets = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]\n";
+    let full = std::fs::read_to_string(&cfg_path).unwrap().replace("[rollout]\n", "[rollout]\nbackend = \"engine\"\n").replace("[optim]\nlr = 1e-4", "[optim]\nlr = 2e-3");
+    // Full fine-tuning would write and reload a whole model every step.
+    std::fs::write(&cfg_path, &full).unwrap();
+    let e = run_grpo(&reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("full"), ..Default::default() }).err().expect("refused");
+    assert!(format!("{e:#}").contains("needs [lora]"), "{e:#}");
+    let text = full + "[lora]\nrank = 8\nalpha = 16.0\ntargets = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]\n";
     std::fs::write(&cfg_path, text).unwrap();
     let cfg = reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap();
     let rows = run_grpo(&cfg, &RunOptions { out: d.join("engine"), ..Default::default() }).unwrap();
