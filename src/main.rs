@@ -62,9 +62,11 @@ enum Command {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// GGUF model(s) to compare (repeat the flag; default: the default model).
+    /// GGUF model(s) to compare (repeat the flag; default: the default
+    /// model). MODEL.gguf+ADAPTER.gguf applies a LoRA adapter to that model
+    /// only, e.g. `-m base.gguf -m base.gguf+sft.gguf -m base.gguf+rl.gguf`.
     #[arg(long, short)]
-    model: Vec<PathBuf>,
+    model: Vec<String>,
     /// JSONL with {"question", "answer"} lines, the answer ending in "#### N".
     #[arg(long)]
     data: PathBuf,
@@ -464,7 +466,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if configs.is_empty() {
         bail!("nothing to evaluate: give --budgets and/or --extensions");
     }
-    let models = if args.model.is_empty() { vec![models::default_model_path()] } else { args.model.clone() };
+    let models = if args.model.is_empty() {
+        vec![eval::EvalModel::plain(models::default_model_path())]
+    } else {
+        args.model.iter().map(|m| eval::EvalModel::parse(m)).collect::<Result<_, _>>()?
+    };
     let base = SolveOptions {
         budget: BudgetConfig { min_thinking_tokens: args.min_think, max_answer_tokens: args.max_answer, ..BudgetConfig::default() },
         sampling: SamplingConfig { temperature: args.temperature, seed: args.seed, ..SamplingConfig::default() },

@@ -172,8 +172,8 @@ impl Record {
 /// A whole evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalPlan {
-    /// Models to evaluate.
-    pub models: Vec<PathBuf>,
+    /// Models to evaluate, each with its own adapter or none.
+    pub models: Vec<EvalModel>,
     /// Problems.
     pub problems: Vec<Problem>,
     /// Budget sweep.
@@ -206,11 +206,54 @@ struct RunKey {
     samples: u32,
 }
 
-/// A label per model: the file stem, made unique.
-pub fn model_labels(models: &[PathBuf]) -> Vec<String> {
+/// One model of an evaluation: a GGUF and, optionally, a LoRA adapter
+/// applied on top of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalModel {
+    /// The base GGUF.
+    pub path: PathBuf,
+    /// A GGUF LoRA adapter for it.
+    pub adapter: Option<PathBuf>,
+}
+
+impl EvalModel {
+    /// A model without an adapter.
+    pub fn plain(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), adapter: None }
+    }
+
+    /// `MODEL.gguf` or `MODEL.gguf+ADAPTER.gguf`. A path that exists as
+    /// given is a model even if it holds a `+`; otherwise the split is at
+    /// the `+` whose left side is an existing file.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if Path::new(spec).is_file() || !spec.contains('+') {
+            return Ok(Self::plain(spec));
+        }
+        for (i, _) in spec.match_indices('+') {
+            let (model, adapter) = (&spec[..i], &spec[i + 1..]);
+            if Path::new(model).is_file() {
+                if adapter.is_empty() {
+                    return Err(ReckonError::InvalidOption(format!("'{spec}': no adapter after '+' (give MODEL.gguf+ADAPTER.gguf)")));
+                }
+                return Ok(Self { path: model.into(), adapter: Some(adapter.into()) });
+            }
+        }
+        Err(ReckonError::InvalidOption(format!("'{spec}': neither it nor the part before a '+' is a model file (give MODEL.gguf or MODEL.gguf+ADAPTER.gguf)")))
+    }
+
+    fn stem(p: &Path) -> String {
+        p.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string()
+    }
+}
+
+/// A label per model: the file stem (`+` the adapter's), made unique.
+pub fn model_labels(models: &[EvalModel]) -> Vec<String> {
     let mut labels: Vec<String> = Vec::new();
     for m in models {
-        let stem = m.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        let stem = match &m.adapter {
+            None => EvalModel::stem(&m.path),
+            Some(a) => format!("{}+{}", EvalModel::stem(&m.path), EvalModel::stem(a)),
+        };
         let mut label = stem.clone();
         let mut i = 2;
         while labels.contains(&label) {
@@ -323,7 +366,7 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
             let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
             let engine = match &mut engine {
                 Some(e) => e,
-                None => engine.insert(Engine::load(model, EngineOptions::default())?),
+                None => engine.insert(Engine::load(&model.path, EngineOptions { adapter: model.adapter.clone(), ..EngineOptions::default() })?),
             };
             let options = SolveOptions {
                 budget: BudgetConfig {

@@ -228,7 +228,7 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
                 })
                 .collect();
             let cfg = GrpoConfig {
-                model: ModelSection { source: "bench".into(), compute_dtype: "f32".into(), device: "cpu".into() },
+                model: ModelSection { source: "bench".into(), compute_dtype: "f32".into(), device: "cpu".into(), continue_adapters: false },
                 lora: lora.clone(),
                 data: GrpoData { train: "bench".into(), system_prompt: String::new() },
                 rollout: RolloutSection::default(),

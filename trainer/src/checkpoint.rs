@@ -5,6 +5,13 @@
 //! complete, so a crash leaves at worst a `.partial` directory that is never
 //! loaded. Loading checks every file against the manifest: a corrupt or
 //! truncated checkpoint is reported, never used.
+//!
+//! A LoRA run on a base that lives in a file (a GGUF, an HF directory, an
+//! earlier checkpoint) writes *adapter-only* checkpoints: the adapters and
+//! their optimizer moments (tens of MB at 0.5B instead of 2 GB), and a
+//! [`BaseRef`] naming the base by path and SHA-256. Loading rebuilds the
+//! base from that file, refuses one whose hash differs, and lays the
+//! adapters over it, so callers see the same [`Checkpoint`] either way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -52,6 +59,90 @@ pub struct TrainState {
     /// export round-trips; trained stages export the s1 template.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// The base an adapter-only checkpoint is laid over; `None`: the
+    /// checkpoint holds every weight.
+    #[serde(default)]
+    pub base: Option<BaseRef>,
+    /// The LoRA checkpoint whose adapters this run went on training
+    /// (`model.continue_adapters`), for provenance.
+    #[serde(default)]
+    pub continued_from: Option<String>,
+}
+
+/// A base model file an adapter-only checkpoint needs, pinned by content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// Where it was (`~/` for the home directory, so a checkout on another
+    /// machine with the model fetched to the same place finds it).
+    pub path: String,
+    /// SHA-256 of the file (a GGUF), of the manifest (a checkpoint), or of
+    /// the sorted list of file sums (an HF directory).
+    pub sha256: String,
+    /// Bytes hashed.
+    pub bytes: u64,
+}
+
+impl BaseRef {
+    /// Pin the base at `path`.
+    pub fn of(path: &Path) -> Result<Self> {
+        let abs = std::fs::canonicalize(path).with_context(|| format!("base model {} does not exist", path.display()))?;
+        let FileSum { sha256, bytes } = content_sum(&abs)?;
+        let shown = match std::env::var_os("HOME").map(PathBuf::from) {
+            Some(home) if abs.starts_with(&home) => format!("~/{}", abs.strip_prefix(&home).unwrap_or(&abs).display()),
+            _ => abs.display().to_string(),
+        };
+        Ok(Self { path: shown, sha256, bytes })
+    }
+
+    /// The path on this machine.
+    pub fn local_path(&self) -> PathBuf {
+        match (self.path.strip_prefix("~/"), std::env::var_os("HOME")) {
+            (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+            _ => PathBuf::from(&self.path),
+        }
+    }
+
+    /// The base's path, checked to hold the content it was pinned with.
+    pub fn verified_path(&self) -> Result<PathBuf> {
+        let p = self.local_path();
+        ensure!(
+            p.exists(),
+            "the base model of this adapter-only checkpoint, {}, is missing (fetch it: `reckon fetch-model` for the default model, or re-create that checkpoint)",
+            p.display()
+        );
+        let got = content_sum(&p)?;
+        ensure!(
+            got.sha256 == self.sha256,
+            "the base model {} has SHA-256 {} ({} bytes), the checkpoint was trained on {} ({} bytes): adapters trained on one base are wrong on another",
+            p.display(),
+            &got.sha256[..12],
+            got.bytes,
+            &self.sha256[..12],
+            self.bytes
+        );
+        Ok(p)
+    }
+}
+
+/// The content sum of a base: a file's own, a checkpoint's manifest, or a
+/// directory's files in name order.
+fn content_sum(path: &Path) -> Result<FileSum> {
+    if path.is_file() {
+        return sum(path);
+    }
+    if path.join("manifest.json").is_file() {
+        return sum(&path.join("manifest.json"));
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    names.sort();
+    let mut h = Sha256::new();
+    let mut bytes = 0;
+    for n in names {
+        let s = sum(&n)?;
+        bytes += s.bytes;
+        h.update(format!("{} {} {}\n", n.file_name().unwrap_or_default().to_string_lossy(), s.bytes, s.sha256));
+    }
+    Ok(FileSum { sha256: format!("{:x}", h.finalize()), bytes })
 }
 
 impl TrainState {
@@ -69,6 +160,8 @@ impl TrainState {
             tokens_seen: 0,
             source: source.into(),
             chat_template: None,
+            base: None,
+            continued_from: None,
         };
         s.set_rng(rng);
         s
@@ -244,8 +337,29 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
     serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).with_context(|| format!("checkpoint {}: state.json", dir.display()))
 }
 
-/// Load and verify the checkpoint at `dir`.
+/// Load and verify the checkpoint at `dir`; an adapter-only one is laid
+/// over its verified base, so `tensors` holds every weight.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let mut ck = load_stored(dir)?;
+    if let Some(base) = &ck.state.base {
+        let path = base.verified_path().with_context(|| format!("checkpoint {}", dir.display()))?;
+        let src = crate::weights::load(&path)?;
+        ensure!(
+            src.config == ck.model_config,
+            "checkpoint {}: its base {} has other hyperparameters than the checkpoint records",
+            dir.display(),
+            path.display()
+        );
+        let mut all = src.tensors;
+        all.append(&mut ck.tensors);
+        ck.tensors = all;
+    }
+    Ok(ck)
+}
+
+/// Load and verify the checkpoint at `dir` as stored: an adapter-only
+/// checkpoint's `tensors` are its adapters alone.
+pub fn load_stored(dir: &Path) -> Result<Checkpoint> {
     verify(dir)?;
     let read = |f: &str| -> Result<BTreeMap<String, Tensor>> {
         Ok(candle_core::safetensors::load(dir.join(f), &Device::Cpu)
@@ -263,6 +377,14 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         state,
         tok: Tok::from_file(&dir.join("tokenizer.json"))?,
     })
+}
+
+/// Copy the checkpoint at `dir` (verified) without its optimizer moments
+/// into `root`; returns the new directory. An adapter-only checkpoint stays
+/// adapter-only, pinned to the same base.
+pub fn slim(dir: &Path, root: &Path) -> Result<PathBuf> {
+    let ck = load_stored(dir)?;
+    save(root, &ck.model_config, &ck.tensors, &BTreeMap::new(), &ck.state, &ck.tok)
 }
 
 /// The newest complete checkpoint under `root`, verified. A newest one that

@@ -64,6 +64,12 @@ pub struct ModelSection {
     /// `auto` (CUDA when built with it and present), `cpu`, `cuda`.
     #[serde(default = "auto")]
     pub device: String,
+    /// When `source` is a LoRA checkpoint: train its adapters further
+    /// (`[lora]` must have the same rank, alpha and targets) on its own base,
+    /// instead of merging them and adding new ones. The run's adapter then
+    /// applies to that base alone (one file to ship, same rank).
+    #[serde(default)]
+    pub continue_adapters: bool,
 }
 
 impl ModelSection {
@@ -187,11 +193,21 @@ pub struct CheckpointSection {
     pub every: u64,
     /// Keep this many most recent checkpoints.
     pub keep_last: usize,
+    /// With `[lora]` on a base in a file: store only the adapters and their
+    /// optimizer state, with the base pinned by path and SHA-256 (tens of
+    /// MB instead of the whole model). `false`: every weight, as for full
+    /// fine-tuning.
+    #[serde(default = "yes")]
+    pub adapter_only: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        Self { every: 100, keep_last: 2 }
+        Self { every: 100, keep_last: 2, adapter_only: true }
     }
 }
 
@@ -280,7 +296,7 @@ mod tests {
 
     #[test]
     fn half_precision_on_the_cpu_is_refused_with_what_to_use() {
-        let m = |dtype: &str, device: &str| ModelSection { source: "x.gguf".into(), compute_dtype: dtype.into(), device: device.into() };
+        let m = |dtype: &str, device: &str| ModelSection { source: "x.gguf".into(), compute_dtype: dtype.into(), device: device.into(), continue_adapters: false };
         for dtype in ["bf16", "f16"] {
             let e = m(dtype, "cpu").validate().unwrap_err().to_string();
             assert!(e.contains("f32") && e.contains(dtype), "{e}");

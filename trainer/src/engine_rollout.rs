@@ -46,7 +46,8 @@ pub fn engine_base(source: &Path) -> Result<Option<EngineBase>> {
     if !(origin.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && origin.is_file()) {
         return Ok(None);
     }
-    let ck = crate::checkpoint::load(source)?;
+    // Its adapters alone (an adapter-only checkpoint is not laid over its base).
+    let ck = crate::checkpoint::load_stored(source)?;
     let adapter = adapter_pairs(&ck.model_config, &ck.tensors, lora.rank, lora.alpha / lora.rank as f64)?;
     Ok(Some(EngineBase { gguf: origin, adapter }))
 }

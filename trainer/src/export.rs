@@ -268,7 +268,7 @@ pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportRepor
         "{} is not a trainer checkpoint (an adapter comes from a checkpoint trained with [lora])",
         source.display()
     );
-    let ck = crate::checkpoint::load(source)?;
+    let ck = crate::checkpoint::load_stored(source)?;
     let lora = ck.state.lora.clone().with_context(|| {
         format!("checkpoint {} was trained without [lora], so it has no adapter: export the whole model instead", source.display())
     })?;

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use reckon::budget::{BudgetConfig, ThinkEnd};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint;
 use crate::config::GrpoConfig;
 use crate::data::{prompt_tokens, sample_indices};
 use crate::model::Qwen2;
@@ -25,7 +25,7 @@ use crate::engine_rollout::EngineRollouts;
 use crate::rewards::{advantages, group_rewards, Completion};
 use crate::rollout::{rollout, s1_delimiters, Pieces, Rollout, Sampling};
 use crate::tokenizer::Tok;
-use crate::train::{accumulate, append_metrics, compute_dtype, device, prepare_out, progress_bar, read_metrics, resume, save_if_due, write_metrics, RunOptions, TrainError};
+use crate::train::{accumulate, append_metrics, compute_dtype, device, prepare_out, progress_bar, read_metrics, resume, save_if_due, start_from, write_metrics, RunOptions, TrainError};
 use crate::weights;
 
 /// A question with its gold answer.
@@ -137,25 +137,28 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     let problems = read_problems(&cfg.data.train)?;
     let ckpt_root = prepare_out(opts)?;
     let run_config = serde_json::to_value(cfg)?;
-    let mut src = weights::load(Path::new(&cfg.model.source))?;
     // The frozen reference of full fine-tuning is the starting weights; with
-    // LoRA it is the model with adapters off (built below). The source's
-    // tensors are not kept past this point (2 GB at 0.5B).
+    // LoRA it is the model with adapters off (built below).
     let start_reference = if cfg.objective.beta > 0.0 && cfg.lora.is_none() {
-        Some(Qwen2::from_tensors(src.config.clone(), src.tensors.clone(), None, &mut ChaCha8Rng::seed_from_u64(0), &dev)?)
+        let src = weights::load(Path::new(&cfg.model.source))?;
+        Some(Qwen2::from_tensors(src.config, src.tensors, None, &mut ChaCha8Rng::seed_from_u64(0), &dev)?)
     } else {
         None
     };
-    let base_tensors = std::mem::take(&mut src.tensors);
     let (mut model, tok, mut opt, mut rng, mut state) = match resume(&ckpt_root, &run_config, &cfg.optim, &dev, &opts.out)? {
         Some(r) => r,
         None => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-            let model = Qwen2::from_tensors(src.config.clone(), base_tensors, cfg.lora.clone(), &mut rng, &dev)?;
-            let state = TrainState::fresh("grpo", cfg.lora.clone(), run_config.clone(), &cfg.model.source, &rng);
-            (model, src.tok, AdamW::new(cfg.optim.clone()), rng, state)
+            let start = start_from(&cfg.model, cfg.lora.as_ref(), &cfg.checkpoint)?;
+            let model = Qwen2::from_tensors(start.src.config, start.src.tensors, cfg.lora.clone(), &mut rng, &dev)?;
+            let state = start.provenance.state("grpo", cfg.lora.clone(), run_config.clone(), &rng);
+            (model, start.src.tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
     };
+    // The engine loads what the run trains on: model.source (its adapters
+    // stacked under the run's), or with continue_adapters the source
+    // checkpoint's own base, under the run's adapters alone.
+    let engine_source = if state.continued_from.is_some() { state.source.clone() } else { cfg.model.source.clone() };
     model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &dev)?);
     // The frozen reference for the KL term: adapters off under LoRA, the
     // starting weights otherwise.
@@ -170,7 +173,7 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     let mut history: Vec<GrpoMetrics> = read_metrics(&metrics_path)?;
     history.retain(|m| m.step <= state.step);
     write_metrics(&metrics_path, &history)?;
-    let mut engine = match cfg.rollout.backend(Path::new(&cfg.model.source))? {
+    let mut engine = match cfg.rollout.backend(Path::new(&engine_source))? {
         Some(base) => Some(EngineRollouts::open(base, &model, cfg.rollout.engine_slots, None)?),
         None => None,
     };

@@ -76,6 +76,17 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Copy a checkpoint without its optimizer state, into OUT/step-NNNNNNNN:
+    /// a starting point for another run (e.g. GRPO from an SFT run's
+    /// adapters) at a third of the size. It is not for resuming its own run.
+    Slim {
+        /// The checkpoint directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Checkpoint root to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Reinforcement learning for token efficiency: GRPO with verifiable
     /// rewards, a length term, and rollouts budget-forced by the runtime's
     /// controller. Re-running resumes from the newest checkpoint.
@@ -265,6 +276,10 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("{} ({}, {:.1} MiB) in {:.1} s", r.path.display(), r.file_type, r.bytes as f64 / 1048576.0, r.seconds);
             }
+        }
+        Cmd::Slim { checkpoint, out } => {
+            let dir = reckon_trainer::checkpoint::slim(&checkpoint, &out)?;
+            println!("{} without optimizer state: {}", checkpoint.display(), dir.display());
         }
         Cmd::Import { model, out } => {
             let dir = reckon_trainer::export::import(&model, &out)?;

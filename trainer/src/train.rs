@@ -177,15 +177,17 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
         Some(r) => r,
         None => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-            let (model, tok) = if cfg.model.source == "tiny" {
+            let (model, tok, state) = if cfg.model.source == "tiny" {
                 let (m, t) = tiny_model(&source_texts(&records), 512, cfg.train.seed, &device)?;
                 let tensors = m.tensors();
-                (Qwen2::from_tensors(m.config.clone(), tensors, cfg.lora.clone(), &mut rng, &device)?, t)
+                let model = Qwen2::from_tensors(m.config.clone(), tensors, cfg.lora.clone(), &mut rng, &device)?;
+                (model, t, TrainState::fresh("sft", cfg.lora.clone(), run_config.clone(), "tiny", &rng))
             } else {
-                let src = weights::load(Path::new(&cfg.model.source))?;
-                (Qwen2::from_tensors(src.config, src.tensors, cfg.lora.clone(), &mut rng, &device)?, src.tok)
+                let start = start_from(&cfg.model, cfg.lora.as_ref(), &cfg.checkpoint)?;
+                let model = Qwen2::from_tensors(start.src.config, start.src.tensors, cfg.lora.clone(), &mut rng, &device)?;
+                let state = start.provenance.state("sft", cfg.lora.clone(), run_config.clone(), &rng);
+                (model, start.src.tok, state)
             };
-            let state = TrainState::fresh("sft", cfg.lora.clone(), run_config.clone(), &cfg.model.source, &rng);
             (model, tok, AdamW::new(cfg.optim.clone()), rng, state)
         }
     };
@@ -265,6 +267,82 @@ pub fn run_sft(cfg: &SftConfig, opts: &RunOptions) -> Result<Outcome> {
     Ok(Outcome { step: state.step, resumed_from, metrics: run, checkpoint: last_ckpt, data: stats })
 }
 
+/// Where a fresh run's weights came from, for its [`TrainState`].
+pub struct Provenance {
+    /// The base the run trains on (a path): `model.source`, or with
+    /// `continue_adapters` the source checkpoint's own base.
+    pub origin: String,
+    /// Set for adapter-only checkpoints.
+    pub base: Option<checkpoint::BaseRef>,
+    /// The checkpoint whose adapters the run goes on training.
+    pub continued_from: Option<String>,
+}
+
+impl Provenance {
+    /// Step 0 of `stage` from here.
+    pub fn state(&self, stage: &str, lora: Option<crate::model::LoraConfig>, run_config: serde_json::Value, rng: &ChaCha8Rng) -> TrainState {
+        let mut s = TrainState::fresh(stage, lora, run_config, &self.origin, rng);
+        s.base = self.base.clone();
+        s.continued_from = self.continued_from.clone();
+        s
+    }
+}
+
+/// A fresh run's starting point.
+pub struct Start {
+    /// The weights (with `continue_adapters`, the source's adapters among them).
+    pub src: weights::Source,
+    /// What the run's state records.
+    pub provenance: Provenance,
+}
+
+/// Load `model.source` for a fresh run (not `tiny`). A LoRA checkpoint is
+/// merged into a plain model, on which new adapters train; with
+/// `model.continue_adapters` its adapters are kept and trained further
+/// (`lora` must have its rank, alpha and targets) on the checkpoint's own
+/// base, so the run's adapter applies to that base alone. A LoRA run with
+/// `checkpoint.adapter_only` pins its base by hash.
+pub fn start_from(model: &crate::config::ModelSection, lora: Option<&crate::model::LoraConfig>, ck: &crate::config::CheckpointSection) -> Result<Start> {
+    let source = Path::new(&model.source);
+    let (src, origin, continued_from) = if model.continue_adapters {
+        let lora = lora.context("model.continue_adapters needs [lora]: there are adapters to continue only when training adapters")?;
+        ensure!(
+            source.join("manifest.json").is_file(),
+            "model.continue_adapters: {} is not a trainer checkpoint (the adapters to continue come from a LoRA checkpoint)",
+            source.display()
+        );
+        let stored = checkpoint::load(source)?;
+        let theirs = stored.state.lora.clone().with_context(|| format!("model.continue_adapters: checkpoint {} was trained without [lora]", source.display()))?;
+        ensure!(
+            theirs.rank == lora.rank && theirs.alpha == lora.alpha && theirs.targets == lora.targets,
+            "model.continue_adapters: [lora] must match the checkpoint's adapters (rank {}, alpha {}, targets {:?}); this config has rank {}, alpha {}, targets {:?}",
+            theirs.rank,
+            theirs.alpha,
+            theirs.targets,
+            lora.rank,
+            lora.alpha,
+            lora.targets
+        );
+        let origin = stored.state.source.clone();
+        let src = weights::Source { config: stored.model_config, tensors: stored.tensors, tok: stored.tok, chat_template: stored.state.chat_template };
+        (src, origin, Some(model.source.clone()))
+    } else {
+        (weights::load(source)?, model.source.clone(), None)
+    };
+    let base = if lora.is_some() && ck.adapter_only { Some(checkpoint::BaseRef::of(Path::new(&origin))?) } else { None };
+    Ok(Start { src, provenance: Provenance { origin, base, continued_from } })
+}
+
+/// The tensors a checkpoint of `model` stores: its adapters alone when the
+/// state pins a base, else every weight.
+pub fn stored_tensors(model: &Qwen2, state: &TrainState) -> BTreeMap<String, Tensor> {
+    if state.base.is_some() {
+        model.trainable().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect()
+    } else {
+        model.tensors()
+    }
+}
+
 /// What a resumed run continues with.
 pub type Resumed = (Qwen2, Tok, AdamW, ChaCha8Rng, TrainState);
 
@@ -314,7 +392,7 @@ pub fn save_if_due(
     }
     state.optimizer_t = opt.t;
     state.set_rng(rng);
-    let dir = checkpoint::save(root, &model.config, &model.tensors(), &opt.state_tensors(), state, tok)?;
+    let dir = checkpoint::save(root, &model.config, &stored_tensors(model, state), &opt.state_tensors(), state, tok)?;
     checkpoint::prune(root, ck.keep_last)?;
     Ok(Some(dir))
 }

@@ -438,6 +438,40 @@ fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
     assert!(gap16 < 1e-2, "f16 adapter: relative logit gap {gap16:e}");
     drop(with16);
 
+    // `reckon eval` with a per-model adapter (MODEL+ADAPTER) answers like
+    // the merged export, problem by problem, under its own label.
+    let spec = format!("{}+{}", base.display(), adapter.display());
+    let with_adapter = reckon::eval::EvalModel::parse(&spec).unwrap();
+    assert_eq!((with_adapter.path.clone(), with_adapter.adapter.clone()), (base.clone(), Some(adapter.clone())));
+    assert!(reckon::eval::EvalModel::parse(&format!("{}+", base.display())).is_err(), "no adapter after '+'");
+    assert!(reckon::eval::EvalModel::parse("/nonexistent/a.gguf+b.gguf").is_err(), "no model before '+'");
+    let problems: Vec<reckon::eval::data::Problem> = synth::arithmetic(4, 78, false)
+        .into_iter()
+        .enumerate()
+        .map(|(id, r)| reckon::eval::data::Problem { id, line: id + 1, question: r.question, gold: r.answer })
+        .collect();
+    let plan = reckon::eval::EvalPlan {
+        models: vec![with_adapter, reckon::eval::EvalModel::plain(&merged)],
+        problems,
+        configs: reckon::eval::EvalConfig::sweep(&[48], &[], 48),
+        base: reckon::SolveOptions { threads: Some(2), ..Default::default() },
+        out: dir.path().join("eval"),
+        progress: false,
+        report_only: false,
+        parallel: Some(2),
+        samples: 1,
+    };
+    reckon::eval::run(&plan).unwrap();
+    let labels = reckon::eval::model_labels(&plan.models);
+    assert_eq!(labels, vec!["base-f32+adapter-f32".to_string(), "merged-f32".to_string()]);
+    let recs = |l: &str| {
+        let mut r = reckon::eval::read_records(&reckon::eval::records_path(&plan.out, l, &plan.configs[0].label)).unwrap();
+        r.sort_by_key(|r| r.id);
+        r.into_iter().map(|r| (r.id, r.extracted, r.thinking_tokens, r.answer_tokens)).collect::<Vec<_>>()
+    };
+    assert_eq!(recs(&labels[0]).len(), 4);
+    assert_eq!(recs(&labels[0]), recs(&labels[1]), "base+adapter and the merged model solve alike");
+
     // Bad requests: typed errors, no file written.
     let err = export_adapter(&base_ck, &opts(&dir.path().join("none.gguf"), "f16")).unwrap_err().to_string();
     assert!(err.contains("without [lora]"), "{err}");

@@ -323,3 +323,55 @@ fn engine_rollouts_cut_length_without_losing_accuracy() {
     assert!(len1 <= 0.7 * len0, "engine-rollout GRPO: length {len0:.1} → {len1:.1}");
     assert!(acc1 >= acc0 - 0.05, "engine-rollout GRPO: accuracy {acc0:.3} → {acc1:.3}");
 }
+
+/// GRPO that goes on training an SFT run's own adapters
+/// (`model.continue_adapters`): one adapter, of the SFT rank, on the GGUF
+/// the SFT run started from, which is what the engine loads (nothing
+/// stacked); the engine and the trainer then hold the same weights, so
+/// their log-probs agree. A [lora] of another rank is refused.
+#[test]
+fn grpo_continues_the_sft_adapters_on_their_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gguf = d.join("base-f32.gguf");
+    let opts = reckon_trainer::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    reckon_trainer::export::export(&quick_sft(d), &opts).unwrap();
+    let lora = "[lora]\nrank = 4\nalpha = 8.0\ntargets = [\"q_proj\", \"v_proj\", \"up_proj\", \"down_proj\"]\n";
+    let data = d.join("v.jsonl");
+    let sft_cfg = d.join("lora-sft.toml");
+    std::fs::write(
+        &sft_cfg,
+        format!("[model]\nsource = \"{}\"\n{lora}[data]\ntrain = \"{}\"\nmax_seq_len = 256\nsystem_prompt = \"\"\n[train]\nsteps = 12\nbatch_size = 8\ngrad_accum = 1\nseed = 1\n[optim]\nlr = 1e-2\n[checkpoint]\nevery = 12\n", gguf.display(), data.display()),
+    )
+    .unwrap();
+    let sft = run_sft(&SftConfig::load(&sft_cfg).unwrap(), &RunOptions { out: d.join("lora-sft"), ..Default::default() }).unwrap().checkpoint.unwrap();
+    let train = d.join("p.jsonl");
+    write_problems(&train, &problems(16, 4));
+    let cfg_path = grpo_config(d, "cont", &sft, &train, "{ kind = \"kimi\" }");
+    let base_text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("[model]\n", "[model]\ncontinue_adapters = true\n")
+        .replace("[rollout]\n", "[rollout]\nbackend = \"engine\"\n")
+        .replace("steps = 30\nprompts_per_step = 4", "steps = 2\nprompts_per_step = 2");
+    std::fs::write(&cfg_path, format!("{base_text}{}", lora.replace("rank = 4\nalpha = 8.0", "rank = 8\nalpha = 8.0"))).unwrap();
+    let e = run_grpo(&reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("wrong"), ..Default::default() }).err().expect("another rank is refused");
+    assert!(format!("{e:#}").contains("must match"), "{e:#}");
+
+    std::fs::write(&cfg_path, format!("{base_text}{lora}")).unwrap();
+    let rows = run_grpo(&reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("cont"), ..Default::default() }).unwrap();
+    assert_eq!(rows.len(), 2);
+    eprintln!("continued adapters: mismatch mean/max {:?}", rows.iter().map(|m| (m.mismatch_mean, m.mismatch_max)).collect::<Vec<_>>());
+    assert!(rows.iter().all(|m| m.mismatch_mean > 0.0 && m.mismatch_mean < 0.05), "the engine holds the trainer's weights");
+    let ck = reckon_trainer::checkpoint::list(&d.join("cont/checkpoints")).unwrap().pop().unwrap().1;
+    let stored = reckon_trainer::checkpoint::load_stored(&ck).unwrap();
+    assert_eq!(stored.state.source, gguf.display().to_string(), "the adapter applies to the SFT run's base");
+    assert_eq!(stored.state.continued_from.as_deref(), Some(sft.display().to_string().as_str()));
+    let a = stored.tensors.get("model.layers.0.self_attn.q_proj.lora_A.weight").expect("adapters stored");
+    assert_eq!(a.dims()[0], 4, "the SFT rank, not a stacked one");
+    assert!(stored.tensors.keys().all(|k| k.contains(".lora_")));
+    // The exported adapter names the GGUF as its base.
+    let out = d.join("rl.gguf");
+    let eo = reckon_trainer::export::ExportOptions { out: out.clone(), file_type: "f16".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    let rep = reckon_trainer::export::export_adapter(&ck, &eo).unwrap();
+    assert!(format!("{:?}", rep.metadata).contains("base-f32.gguf"), "{:?}", rep.metadata);
+}

@@ -79,6 +79,64 @@ fn lora_with_dropout_resumes_exactly_too() {
     resume_is_exact_with("[lora]\nrank = 4\nalpha = 8.0\ndropout = 0.2\ntargets = [\"q_proj\", \"v_proj\", \"up_proj\"]\n");
 }
 
+/// A LoRA run on a base in a file stores only its adapters and their
+/// moments, pins the base by SHA-256, and resumes from that exactly; a
+/// changed or missing base is refused, by name, before anything trains.
+#[test]
+fn adapter_only_checkpoints_pin_their_base_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The base: a tiny model after one step, exported as an f32 GGUF.
+    let base_cfg = resume_config(d, "");
+    let first = run_sft(&base_cfg, &RunOptions { stop_after: Some(1), ..opts(&d.join("base")) }).unwrap();
+    let gguf = d.join("base.gguf");
+    let eopts = reckon_trainer::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    reckon_trainer::export::export(&first.checkpoint.unwrap(), &eopts).unwrap();
+    let cfg_path = d.join("lora.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[model]\nsource = \"{}\"\n[lora]\nrank = 4\nalpha = 8.0\ndropout = 0.1\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n[data]\ntrain = \"{}\"\nmax_seq_len = 256\n[train]\nsteps = 6\nbatch_size = 3\ngrad_accum = 1\nseed = 2\n[optim]\nlr = 2e-3\n[checkpoint]\nevery = 2\nkeep_last = 2\n",
+            gguf.display(),
+            d.join("train.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let cfg = SftConfig::load(&cfg_path).unwrap();
+    assert!(cfg.checkpoint.adapter_only, "adapter-only is the default under [lora]");
+    run_sft(&cfg, &opts(&d.join("whole"))).unwrap();
+    let split = d.join("split");
+    run_sft(&cfg, &RunOptions { stop_after: Some(3), ..opts(&split) }).unwrap();
+    assert_eq!(run_sft(&cfg, &opts(&split)).unwrap().resumed_from, 3);
+    let a: Vec<StepMetrics> = read_metrics(&d.join("whole/metrics.jsonl")).unwrap();
+    let b: Vec<StepMetrics> = read_metrics(&split.join("metrics.jsonl")).unwrap();
+    assert_eq!((a.len(), b.len()), (6, 6));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {}: loss {} vs resumed {}", x.step, x.loss, y.loss);
+    }
+
+    let (_, ck) = checkpoint::list(&split.join("checkpoints")).unwrap().pop().unwrap();
+    let stored = checkpoint::load_stored(&ck).unwrap();
+    assert!(!stored.tensors.is_empty() && stored.tensors.keys().all(|k| k.contains(".lora_")), "only adapters stored: {:?}", stored.tensors.keys().take(3).collect::<Vec<_>>());
+    let pinned = stored.state.base.clone().expect("the base is pinned");
+    assert_eq!(pinned.bytes, std::fs::metadata(&gguf).unwrap().len());
+    let size = |f: &str| std::fs::metadata(ck.join(f)).unwrap().len();
+    assert!(size("model.safetensors") * 4 < pinned.bytes, "{} bytes of adapters vs a {}-byte base", size("model.safetensors"), pinned.bytes);
+    let full = checkpoint::load(&ck).unwrap();
+    assert!(full.tensors.contains_key("model.embed_tokens.weight") && full.tensors.keys().any(|k| k.contains(".lora_")), "laid over its base");
+
+    // Another base under the same name: refused, naming both hashes.
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x01;
+    std::fs::write(&gguf, &bytes).unwrap();
+    let e = format!("{:#}", run_sft(&cfg, &opts(&split)).err().expect("a changed base must not load"));
+    assert!(e.contains("trained on") && e.contains(&pinned.sha256[..12]), "{e}");
+    std::fs::remove_file(&gguf).unwrap();
+    let e = format!("{:#}", checkpoint::load(&ck).err().expect("a missing base must not load"));
+    assert!(e.contains("is missing") && e.contains("base.gguf"), "{e}");
+}
+
 #[test]
 fn corrupt_and_unfinished_checkpoints_are_never_loaded() {
     let dir = tempfile::tempdir().unwrap();
