@@ -33,7 +33,11 @@ enum Command {
     /// chat template, detected think format.
     Info {
         /// The GGUF file (default: the default model).
+        #[arg(conflicts_with = "model_flag")]
         model: Option<PathBuf>,
+        /// The GGUF file, as the other commands take it.
+        #[arg(long = "model", short = 'm', value_name = "MODEL")]
+        model_flag: Option<PathBuf>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -259,7 +263,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Solve(args) => solve(args),
-        Command::Info { model, json } => info(model, json),
+        Command::Info { model, model_flag, json } => info(model.or(model_flag), json),
         Command::FetchModel { dir, wheels, quiet } => {
             let dir = dir.unwrap_or_else(models::models_dir);
             let progress = !quiet && std::io::stderr().is_terminal();

@@ -116,12 +116,80 @@ fn unsupported_architecture() {
 
 #[test]
 fn sound_file_that_llama_cpp_refuses() {
-    // Structurally valid, but a qwen2 model with no weights: llama.cpp says
-    // no, and that comes back as an error, not an abort.
+    // Passes every check of ours, but lacks the final norm llama.cpp
+    // requires: llama.cpp says no, and that comes back as an error, not an
+    // abort.
     let d = tempfile::tempdir().unwrap();
-    let t = TensorData { name: "token_embd.weight".into(), dims: vec![8, 3], ggml_type: 0, data: vec![0; 96] };
-    let p = crafted(d.path(), "qwen2", vec![t]);
-    assert!(matches!(load(&p), ReckonError::ModelLoad { .. }));
+    let (meta, mut tensors) = gguf::check::example();
+    let p = d.path().join("no-norm.gguf");
+    tensors.retain(|t| t.name != "output_norm.weight");
+    gguf::write_file(&p, &meta, &tensors).unwrap();
+    assert!(matches!(load(&p), ReckonError::ModelLoad { .. }), "llama.cpp's refusal is a typed error");
+}
+
+/// The report this checker was built for: one byte of the default model's
+/// vocabulary changed, so that two tokens have the same text, made
+/// `reckon solve` abort inside llama.cpp (exit 134). Now `info` and `solve`
+/// refuse it by name, and the process exits with an error, not an abort.
+#[test]
+fn a_vocabulary_with_a_duplicate_token_is_refused_before_llama_cpp() {
+    let real = gguf::GgufFile::open(&model_path()).unwrap();
+    let tokens = real.tokens();
+    let head = {
+        let mut buf = vec![0u8; 16 << 20];
+        let n = std::fs::File::open(model_path()).unwrap().read(&mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    let encoded = |t: &str| [(t.len() as u64).to_le_bytes().as_slice(), t.as_bytes()].concat();
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    // A token whose last byte, changed, gives another token's text, and
+    // whose encoding appears once in the header.
+    let index: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let (victim, twin, at) = tokens
+        .iter()
+        .filter(|t| t.len() >= 6 && t.bytes().all(|b| b.is_ascii_lowercase()))
+        .find_map(|t| {
+            let stem = &t[..t.len() - 1];
+            let twin = (b'a'..=b'z').map(|c| format!("{stem}{}", c as char)).find(|o| o != t && index.contains_key(o.as_str()))?;
+            let enc = encoded(t);
+            let at = find(&head, &enc)?;
+            (find(&head[at + 1..], &enc).is_none()).then(|| (t.to_string(), twin, at + enc.len() - 1))
+        })
+        .expect("a pair of tokens one byte apart");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("dup.gguf");
+    std::fs::copy(model_path(), &p).unwrap();
+    gguf::patch(&p, at as u64, &[*twin.as_bytes().last().unwrap()]).unwrap();
+    match load(&p) {
+        ReckonError::InvalidModel { source: GgufError::Unsound(u), .. } => {
+            assert_eq!(u.key, "tokenizer.ggml.tokens");
+            assert!(u.problem.contains(&format!("both {twin:?}")), "{u} (changed {victim:?})");
+        }
+        e => panic!("expected the duplicate token to be refused, got {e}"),
+    }
+    let path = p.display().to_string();
+    for args in [vec!["info", "--model", &path], vec!["solve", "--max-think", "8", "--model", &path, "What is 2 + 2?"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reckon")).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code().is_some(), "{args:?}: killed by a signal: {err}");
+        assert_ne!(out.status.code(), Some(0), "{args:?} accepted the file");
+        assert!(err.contains("unique"), "{args:?}: {err}");
+    }
+}
+
+/// A header whose array counts ask for more memory than the file could
+/// justify is refused before anything of that size is allocated.
+#[test]
+fn huge_metadata_arrays_are_refused_before_allocation() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("huge.gguf");
+    let meta = vec![("general.architecture".to_string(), Value::String("qwen2".into())), ("x.bytes".to_string(), Value::Array(vec![Value::U8(0); 5 << 20]))];
+    gguf::write_file(&p, &meta, &[]).unwrap();
+    match gguf::GgufFile::open(&p) {
+        Err(GgufError::Corrupt(m)) => assert!(m.contains("at most"), "{m}"),
+        other => panic!("a 5M-element array must be refused: {other:?}"),
+    }
 }
 
 #[test]

@@ -136,6 +136,11 @@ impl ModelInfo {
     /// the weights; does not need llama.cpp.
     pub fn read(path: &Path) -> Result<(Self, GgufFile)> {
         let file = open_checked(path)?;
+        // What llama.cpp would abort on (an unsupported architecture is
+        // refused by name by the loader instead).
+        if file.architecture().is_some_and(|a| SUPPORTED_ARCHITECTURES.contains(&a)) {
+            gguf::check::model(&file).map_err(|e| ReckonError::InvalidModel { path: path.to_path_buf(), source: e.into() })?;
+        }
         let arch = file.architecture().unwrap_or("unknown").to_string();
         let key = |k: &str| file.get_u64(&format!("{arch}.{k}"));
         let mut types: std::collections::BTreeMap<&str, usize> = Default::default();

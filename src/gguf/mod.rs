@@ -14,8 +14,16 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+pub mod check;
+
 /// The most tensors or key-value pairs a file may declare.
 const MAX_COUNT: u64 = 1 << 24;
+/// The most elements one metadata array may hold (the largest real ones,
+/// vocabularies and merge lists, are a few hundred thousand).
+const MAX_ARRAY: u64 = 1 << 22;
+/// The most array elements all metadata together may hold: a file's
+/// declared counts never make the reader allocate more than ~256 MB.
+const MAX_ARRAY_TOTAL: u64 = 1 << 23;
 /// GGML_MAX_DIMS.
 const MAX_DIMS: u32 = 4;
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -41,6 +49,10 @@ pub enum GgufError {
     /// A value that cannot be right.
     #[error("corrupt header: {0}")]
     Corrupt(String),
+    /// Values llama.cpp would abort on, or trust and load wrong
+    /// ([`check::model`]).
+    #[error("{0} (llama.cpp would abort or misread the model; the file is damaged or was made wrong)")]
+    Unsound(#[from] check::Unsound),
     /// Tensor data that lies outside the file.
     #[error("tensor '{name}' data [{start}, {end}) lies beyond the end of the file ({size} bytes): truncated or corrupt")]
     TensorOutOfBounds {
@@ -193,7 +205,7 @@ impl GgufFile {
         if file_size == 0 {
             return Err(GgufError::Empty);
         }
-        let mut r = Reader { inner: BufReader::with_capacity(1 << 20, file), pos: 0, size: file_size };
+        let mut r = Reader { inner: BufReader::with_capacity(1 << 20, file), pos: 0, size: file_size, array_elements: 0 };
         let mut magic = [0u8; 4];
         r.bytes(&mut magic, "the magic")?;
         if &magic != b"GGUF" {
@@ -325,6 +337,8 @@ struct Reader<R> {
     inner: R,
     pos: u64,
     size: u64,
+    /// Metadata array elements read so far.
+    array_elements: u64,
 }
 
 impl<R: Read> Reader<R> {
@@ -405,7 +419,17 @@ impl<R: Read> Reader<R> {
                         self.size - self.pos
                     )));
                 }
-                let mut items = Vec::with_capacity(n as usize);
+                // Checked before anything of that size is allocated: the count
+                // is the file's word, and a value takes more memory than
+                // its bytes on disk.
+                if n > MAX_ARRAY {
+                    return Err(GgufError::Corrupt(format!("{what}: an array of {n} elements (at most {MAX_ARRAY} are read)")));
+                }
+                self.array_elements += n;
+                if self.array_elements > MAX_ARRAY_TOTAL {
+                    return Err(GgufError::Corrupt(format!("{what}: the metadata arrays hold over {MAX_ARRAY_TOTAL} elements in all")));
+                }
+                let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     items.push(self.value(elem, key, depth + 1)?);
                 }
