@@ -168,13 +168,58 @@ pub fn render_prompt(
     split_sentinels(&text, system.unwrap_or(""), question)
 }
 
+/// Limits on rendering a chat template, which comes from whoever made the
+/// model file: a hostile one must not hang the app or exhaust its memory.
+/// A template over a limit fails to render, and the prompt falls back to
+/// ChatML (with a warning), as for any template that fails.
+pub mod template_limits {
+    /// The longest template source accepted (real ones are a few KB; the
+    /// largest tool-calling templates ~20 KB).
+    pub const MAX_SOURCE_BYTES: usize = 256 * 1024;
+    /// The most rendered output (a one-question prompt is under 1 KB plus
+    /// the system text).
+    pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
+    /// minijinja's instruction budget: Qwen's template renders one question
+    /// in a few hundred; a nested loop of 10⁵ × 10⁵ runs out at once.
+    pub const FUEL: u64 = 1_000_000;
+    /// Macro/call nesting.
+    pub const RECURSION: usize = 64;
+}
+
+/// A writer that refuses output past a byte limit.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other(format!("the chat template's output exceeds {} bytes", self.limit)));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn render_template(
     template: &str,
     with_system: bool,
     bos: Option<&str>,
     eos: Option<&str>,
 ) -> Result<String, minijinja::Error> {
+    use template_limits::*;
+    let limit_error = |msg: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg);
+    if template.len() > MAX_SOURCE_BYTES {
+        return Err(limit_error(format!("the chat template is {} bytes (at most {MAX_SOURCE_BYTES} are rendered)", template.len())));
+    }
     let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION);
     // As Hugging Face renders chat templates.
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build() {
         env.set_syntax(syntax);
@@ -190,13 +235,18 @@ fn render_template(
         messages.push(minijinja::context! { role => "system", content => S_SENTINEL });
     }
     messages.push(minijinja::context! { role => "user", content => Q_SENTINEL });
-    env.get_template("chat")?.render(minijinja::context! {
-        messages => messages,
-        add_generation_prompt => true,
-        bos_token => bos.unwrap_or(""),
-        eos_token => eos.unwrap_or(""),
-        enable_thinking => true,
-    })
+    let mut out = Capped { out: Vec::new(), limit: MAX_OUTPUT_BYTES };
+    env.get_template("chat")?.render_captured_to(
+        minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => bos.unwrap_or(""),
+            eos_token => eos.unwrap_or(""),
+            enable_thinking => true,
+        },
+        &mut out,
+    )?;
+    String::from_utf8(out.out).map_err(|_| limit_error("the chat template's output is not UTF-8".into()))
 }
 
 fn split_sentinels(text: &str, system: &str, question: &str) -> Vec<PromptPiece> {
@@ -232,6 +282,30 @@ mod tests {
     use super::*;
 
     const QWEN_LIKE: &str = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'user' %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+    /// Templates from a hostile model file: each fails within its limit
+    /// (fast), and the prompt falls back to ChatML with the question intact.
+    #[test]
+    fn hostile_templates_hit_their_limits_and_fall_back_to_chatml() {
+        let hostile = [
+            ("a 10^10-step loop", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".to_string()),
+            ("unbounded recursion", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}".to_string()),
+            ("a 50 MB output", "{{ 'x' * 50000000 }}{{ messages[0].content }}".to_string()),
+            ("a loop writing 100 MB", "{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}{{ messages[0].content }}".to_string()),
+            ("a 1 MB source", format!("{{# {} #}}{{{{ messages[0].content }}}}", "z".repeat(1 << 20))),
+        ];
+        let chatml = render_prompt(None, ThinkFormat::Plain, None, "What is 2+2?", None, None);
+        for (what, t) in hostile {
+            let t0 = std::time::Instant::now();
+            let err = render_template(&t, false, None, None).expect_err(what);
+            let took = t0.elapsed();
+            assert!(took < std::time::Duration::from_secs(5), "{what}: {took:?} before failing ({err})");
+            assert_eq!(render_prompt(Some(&t), ThinkFormat::Plain, None, "What is 2+2?", None, None), chatml, "{what} falls back to ChatML");
+        }
+        // A real template is far inside every limit.
+        let ok = render_template(QWEN_LIKE, true, None, None).unwrap();
+        assert!(ok.contains(Q_SENTINEL) && ok.len() < 1024);
+    }
 
     #[test]
     fn detection() {
