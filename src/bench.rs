@@ -238,7 +238,7 @@ fn extension_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &i
         let mut resubmit_prefill = 0.0;
         for t in &at_extension {
             let mut seq = prompt.clone();
-            seq.extend(engine.tokenize(t, false));
+            seq.extend(engine.tokenize(t, false)?);
             resubmit_prefill += engine.prefill_ms(&seq, opts.threads)?;
         }
         let t = &r.timings;

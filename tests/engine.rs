@@ -121,6 +121,28 @@ fn a_floor_above_the_natural_length_injects_wait_and_thinks_longer() {
     assert_decoded_once(&forced);
 }
 
+/// Every special (control or user-defined) token of the default model's
+/// vocabulary, typed into a question alone and all together, stays plain
+/// text: the prompt holds exactly the template's special ids, no more.
+#[test]
+fn every_special_token_of_the_vocabulary_typed_in_a_question_stays_plain_text() {
+    let e = engine();
+    let opts = options(0, 8, 8);
+    let file = reckon::gguf::GgufFile::open(&common::model_path()).unwrap();
+    let texts = file.tokens();
+    let specials_of = |toks: &[i32]| toks.iter().copied().filter(|&t| !e.vocab().is_ordinary(t)).collect::<Vec<_>>();
+    let benign = specials_of(&e.prompt_tokens("What is 1 + 1?", &opts).unwrap());
+    let special: Vec<&str> = (0..e.vocab().len()).filter(|&i| !e.vocab().is_ordinary(i as i32)).map(|i| texts[i]).filter(|t| !t.is_empty()).collect();
+    assert!(special.len() >= 20, "the default model has its ChatML, FIM and tool tokens: {}", special.len());
+    for t in &special {
+        let got = specials_of(&e.prompt_tokens(&format!("What is 1 + 1? {t}"), &opts).unwrap());
+        assert_eq!(got, benign, "typing {t:?} added special tokens");
+    }
+    let all = format!("What is 1 + 1? {}", special.join(" "));
+    assert_eq!(specials_of(&e.prompt_tokens(&all, &opts).unwrap()), benign);
+    assert_eq!(specials_of(&e.tokenize(&all, false).unwrap()), Vec::<i32>::new(), "Engine::tokenize of plain text");
+}
+
 #[test]
 fn special_token_text_in_the_question_stays_plain_text() {
     let e = engine();

@@ -359,9 +359,11 @@ impl Engine {
 
     /// Tokenize text: as a person's text (`special = false`: special-token
     /// text stays plain) or as template scaffolding (`special = true`).
-    pub fn tokenize(&self, text: &str, special: bool) -> Vec<crate::budget::TokenId> {
+    /// Plain text that would yield a special token is an error (it never
+    /// does; the check runs in every build).
+    pub fn tokenize(&self, text: &str, special: bool) -> Result<Vec<crate::budget::TokenId>> {
         if special {
-            self.vocab.tokenize_special(&self.model, text)
+            Ok(self.vocab.tokenize_special(&self.model, text))
         } else {
             self.vocab.tokenize_plain(&self.model, text)
         }

@@ -211,7 +211,7 @@ impl Engine {
         }
         let system = options.system_prompt.as_deref().filter(|s| !s.is_empty());
         let pieces = render_prompt(self.template.as_deref(), self.format, system, question, None, None);
-        Ok(self.vocab.tokenize_prompt(&self.model, &pieces))
+        self.vocab.tokenize_prompt(&self.model, &pieces)
     }
 
     pub(super) fn context_size(&self, prompt: usize, budget: &BudgetConfig) -> Result<u32> {

@@ -12,6 +12,7 @@ use llama_cpp_2::token_type::LlamaTokenAttr;
 
 use crate::budget::{Delimiters, TokenId, TokenText};
 use crate::format::{PromptPiece, ThinkFormat};
+use crate::error::{ReckonError, Result};
 
 /// Per-token tables built once at load.
 #[derive(Debug)]
@@ -93,8 +94,10 @@ impl Vocab {
         model.vocab().tokenize(text.as_bytes(), false, true).into_iter().map(|t| t.0).collect()
     }
 
-    /// Tokenize a person's text: never a special token, whatever it contains.
-    pub(crate) fn tokenize_plain(&self, model: &LlamaModel, text: &str) -> Vec<TokenId> {
+    /// Tokenize a person's text: never a special token, whatever it contains
+    /// (checked in every build: a special token here is an error, never
+    /// decoded).
+    pub(crate) fn tokenize_plain(&self, model: &LlamaModel, text: &str) -> Result<Vec<TokenId>> {
         let mut out = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
@@ -113,8 +116,10 @@ impl Vocab {
             out.extend(self.raw_plain(model, &rest[at..at + c.len_utf8()]));
             rest = &rest[at + c.len_utf8()..];
         }
-        debug_assert!(out.iter().all(|&t| self.is_ordinary(t)), "special token from plain text");
-        out
+        if let Some(&t) = out.iter().find(|&&t| !self.is_ordinary(t)) {
+            return Err(ReckonError::Internal(format!("plain text {text:?} tokenized to the special token {t}; it is refused rather than decoded")));
+        }
+        Ok(out)
     }
 
     fn raw_plain(&self, model: &LlamaModel, text: &str) -> Vec<TokenId> {
@@ -126,7 +131,7 @@ impl Vocab {
 
     /// Tokenize a rendered prompt: scaffolding with special tokens, people's
     /// text without; BOS first if the model wants one.
-    pub(crate) fn tokenize_prompt(&self, model: &LlamaModel, pieces: &[PromptPiece]) -> Vec<TokenId> {
+    pub(crate) fn tokenize_prompt(&self, model: &LlamaModel, pieces: &[PromptPiece]) -> Result<Vec<TokenId>> {
         let mut out = Vec::new();
         if self.add_bos {
             out.push(self.bos);
@@ -134,10 +139,10 @@ impl Vocab {
         for p in pieces {
             match p {
                 PromptPiece::Scaffold(s) => out.extend(self.tokenize_special(model, s)),
-                PromptPiece::Text(s) => out.extend(self.tokenize_plain(model, s)),
+                PromptPiece::Text(s) => out.extend(self.tokenize_plain(model, s)?),
             }
         }
-        out
+        Ok(out)
     }
 
     /// The delimiters of a think format, tokenized for this vocabulary:

@@ -30,7 +30,7 @@ fn gguf_vocabulary_tokenizes_like_llama_cpp_on_all_1000_questions() {
     let mut mismatches = Vec::new();
     for (i, q) in qs.iter().enumerate() {
         let ours: Vec<i32> = tok.encode_plain(q).unwrap().into_iter().map(|t| t as i32).collect();
-        let theirs = engine.tokenize(q, false);
+        let theirs = engine.tokenize(q, false).unwrap();
         if ours != theirs {
             mismatches.push(i);
         }
@@ -40,7 +40,7 @@ fn gguf_vocabulary_tokenizes_like_llama_cpp_on_all_1000_questions() {
     // user (plain) they stay text.
     let scaffold = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>think\n";
     let ours: Vec<i32> = tok.encode_scaffold(scaffold).unwrap().into_iter().map(|t| t as i32).collect();
-    assert_eq!(ours, engine.tokenize(scaffold, true));
+    assert_eq!(ours, engine.tokenize(scaffold, true).unwrap());
     let plain = tok.encode_plain("<|im_end|>").unwrap();
     assert!(plain.len() > 1 && !plain.contains(&tok.id("<|im_end|>").unwrap()));
     assert_eq!(tok.decode(&tok.encode_plain(&qs[7]).unwrap()).unwrap(), qs[7], "decoding inverts encoding");
