@@ -287,6 +287,11 @@ pub struct Controller {
     pending: Vec<TokenId>,
     /// Bytes released by the matcher but not yet a whole UTF-8 character.
     utf8_tail: Vec<u8>,
+    /// The newest released tokens whose bytes are all in `utf8_tail` (an
+    /// unfinished character), and whether they are *all* of its bytes: then
+    /// a forced end can take them out of the sequence whole.
+    tail_tokens: usize,
+    tail_pure: bool,
     think_end: Option<ThinkEnd>,
 }
 
@@ -301,6 +306,8 @@ impl Controller {
             counts: Counts::default(),
             pending: Vec::new(),
             utf8_tail: Vec::new(),
+            tail_tokens: 0,
+            tail_pure: true,
             think_end: None,
         }
     }
@@ -344,6 +351,7 @@ impl Controller {
             // Every held token was decoded by the previous step.
             step.rollback = self.pending.len();
             self.pending.clear();
+            self.cut_partial_character(None, &mut step);
             self.force_end(InjectReason::TimeBudget, &mut step);
         }
         step
@@ -426,6 +434,12 @@ impl Controller {
                         step.sampled_fed = 0;
                         step.rollback += self.pending.len() - 1;
                         self.pending.clear();
+                        self.cut_partial_character(None, step);
+                    } else {
+                        // This token was released (and fed) this step: when
+                        // it has bytes, it is the newest of the tail's.
+                        let newest = (!text.piece(token).is_empty()).then_some(token);
+                        self.cut_partial_character(newest, step);
                     }
                     self.force_end(reason, step);
                 }
@@ -532,12 +546,38 @@ impl Controller {
         }
     }
 
+    /// At a forced end, take the tokens of a character the cut left
+    /// unfinished out of the sequence (they are uncounted and never shown),
+    /// so the model never reads a broken byte before the delimiter. `newest`
+    /// is this step's sampled token when it is still in `feed` (not decoded
+    /// yet): it is dropped from the feed instead of rolled back. A character
+    /// whose first bytes came with other text in one token stays (it cannot
+    /// be taken out without that text; byte-level vocabularies split
+    /// characters into pure byte tokens, so this does not arise there).
+    fn cut_partial_character(&mut self, newest: Option<TokenId>, step: &mut Step) {
+        if self.utf8_tail.is_empty() || !self.tail_pure || self.tail_tokens == 0 {
+            return;
+        }
+        let mut n = self.tail_tokens;
+        if newest.is_some() && step.sampled_fed == 1 && step.feed.last() == newest.as_ref() {
+            step.feed.pop();
+            step.sampled_fed = 0;
+            n -= 1;
+        }
+        step.rollback += n;
+        self.counts.thinking_generated -= self.tail_tokens as u32;
+        self.utf8_tail.clear();
+        self.tail_tokens = 0;
+    }
+
     /// Feed the close delimiter and the answer prefix; thinking is over.
     /// Held tokens must have been dealt with by the caller.
     fn force_end(&mut self, reason: InjectReason, step: &mut Step) {
         debug_assert!(self.pending.is_empty());
         // A character cut by the cap is dropped, never shown half.
         self.utf8_tail.clear();
+        self.tail_tokens = 0;
+        self.tail_pure = true;
         self.think_end = Some(match reason {
             InjectReason::TimeBudget => ThinkEnd::TimeBudget,
             _ => ThinkEnd::TokenCap,
@@ -571,19 +611,41 @@ impl Controller {
 
     fn emit_tokens(&mut self, tokens: &[TokenId], segment: Segment, text: &dyn TokenText, step: &mut Step) {
         for &t in tokens {
-            self.utf8_tail.extend_from_slice(text.piece(t));
-        }
-        let valid = complete_utf8_prefix(&self.utf8_tail);
-        if valid > 0 {
-            let s = String::from_utf8_lossy(&self.utf8_tail[..valid]).into_owned();
-            self.utf8_tail.drain(..valid);
-            push_text(step, segment, s);
+            let piece = text.piece(t);
+            if piece.is_empty() {
+                continue;
+            }
+            let was_empty = self.utf8_tail.is_empty();
+            self.utf8_tail.extend_from_slice(piece);
+            let valid = complete_utf8_prefix(&self.utf8_tail);
+            if valid > 0 {
+                let s = String::from_utf8_lossy(&self.utf8_tail[..valid]).into_owned();
+                self.utf8_tail.drain(..valid);
+                push_text(step, segment, s);
+            }
+            if self.utf8_tail.is_empty() {
+                self.tail_tokens = 0;
+                self.tail_pure = true;
+            } else if valid == 0 {
+                // All of this token's bytes wait for the rest of a character.
+                self.tail_tokens += 1;
+                if was_empty {
+                    self.tail_pure = true;
+                }
+            } else {
+                // It finished some text and began a character: it cannot be
+                // taken out alone.
+                self.tail_tokens = 1;
+                self.tail_pure = false;
+            }
         }
     }
 
     /// Show what is left at a segment boundary; an incomplete character at
     /// the very end becomes U+FFFD rather than vanishing silently.
     fn flush_utf8(&mut self, segment: Segment, step: &mut Step) {
+        self.tail_tokens = 0;
+        self.tail_pure = true;
         if !self.utf8_tail.is_empty() {
             let s = String::from_utf8_lossy(&self.utf8_tail).into_owned();
             self.utf8_tail.clear();

@@ -11,6 +11,9 @@ const B: TokenId = 2; // " b"
 const C: TokenId = 3; // " c"
 const E1: TokenId = 20; // first byte of "é"
 const E2: TokenId = 21; // second byte of "é"
+const K1: TokenId = 22; // first byte of "€" (3 bytes)
+const K2: TokenId = 23; // second byte of "€"
+const K3: TokenId = 24; // third byte of "€"
 const LT_SLASH: TokenId = 50; // "</"
 const THINK: TokenId = 51; // "think"
 const GT: TokenId = 52; // ">"
@@ -51,6 +54,10 @@ impl Vocab {
         let e = "é".as_bytes();
         m.insert(E1, vec![e[0]]);
         m.insert(E2, vec![e[1]]);
+        let k = "€".as_bytes();
+        for (t, b) in [(K1, k[0]), (K2, k[1]), (K3, k[2])] {
+            m.insert(t, vec![b]);
+        }
         Self(m)
     }
 }
@@ -263,9 +270,47 @@ fn cap_reached_mid_utf8_never_shows_half_a_character() {
     let run = drive(&mut ctl, &[A, E1, E2, X, EOT]);
     assert_eq!(run.thinking, "a", "the cut character is dropped, not shown half");
     assert!(!run.thinking.contains('\u{FFFD}'));
-    assert_eq!(ctl.counts().thinking(), 2);
-    // The next token after the forced prefix is an answer token.
-    assert_eq!(run.seq, vec![A, E1, LT_SLASH, THINK, GT, FINAL, ANSWER, E2, X]);
+    // Its first byte's token never reaches the sequence and is not counted:
+    // the model reads no broken byte before the forced delimiter.
+    assert_eq!(ctl.counts().thinking(), 1);
+    assert_eq!(run.seq, vec![A, LT_SLASH, THINK, GT, FINAL, ANSWER, E2, X]);
+}
+
+#[test]
+fn a_character_cut_after_two_of_its_three_tokens_is_rolled_back_whole() {
+    // "€" is three byte tokens; the cap falls on the second. The first was
+    // decoded a step earlier (rolled back), the second not yet (dropped).
+    let mut ctl = Controller::new(budget(0, 3), r1());
+    let run = drive(&mut ctl, &[A, K1, K2, K3, X, EOT]);
+    assert_eq!(run.thinking, "a");
+    assert_eq!(ctl.counts().thinking(), 1);
+    assert_eq!(run.seq, vec![A, LT_SLASH, THINK, GT, FINAL, ANSWER, K3, X]);
+    assert_eq!(ctl.think_end(), Some(ThinkEnd::TokenCap));
+    // Whole characters at the cap are kept and counted.
+    let mut ctl = Controller::new(budget(0, 4), r1());
+    let run = drive(&mut ctl, &[A, K1, K2, K3, X, EOT]);
+    assert_eq!(run.thinking, "a€");
+    assert_eq!(ctl.counts().thinking(), 4);
+    assert_eq!(run.seq, vec![A, K1, K2, K3, LT_SLASH, THINK, GT, FINAL, ANSWER, X]);
+}
+
+#[test]
+fn a_time_budget_cut_mid_character_rolls_its_tokens_back() {
+    let mut cfg = budget(0, 100);
+    cfg.max_thinking_ms = Some(10);
+    let mut ctl = Controller::new(cfg, r1());
+    let vocab = Vocab::new();
+    let mut run = Run::default();
+    run.apply(ctl.start(Duration::ZERO));
+    run.apply(ctl.accept(A, Duration::from_millis(1), &vocab));
+    run.apply(ctl.accept(K1, Duration::from_millis(2), &vocab));
+    // Before the next (slow) decode the time is up: K1 was decoded, goes.
+    let step = ctl.check_time(Duration::from_millis(11));
+    assert_eq!(step.rollback, 1);
+    run.apply(step);
+    assert_eq!(run.seq, vec![A, LT_SLASH, THINK, GT, FINAL, ANSWER]);
+    assert_eq!(ctl.counts().thinking(), 1);
+    assert_eq!(run.thinking, "a");
 }
 
 #[test]
@@ -468,7 +513,17 @@ fn thinking_never_exceeds_the_cap_on_any_script() {
             let mut ctl = Controller::new(budget(floor, cap), r1());
             let run = drive(&mut ctl, &script);
             assert!(ctl.counts().thinking() <= cap, "cap {cap} floor {floor}: {:?}", ctl.counts());
-            assert!(std::str::from_utf8(run.thinking.as_bytes()).is_ok());
+            // What the cap does to the stream: thinking in the sequence is
+            // exactly what was counted, then (when forced) the delimiter.
+            let close = run.seq.windows(3).position(|w| w == [LT_SLASH, THINK, GT]);
+            if let Some(at) = close {
+                let thinking_in_seq = run.seq[..at].len() as u32;
+                assert_eq!(thinking_in_seq, ctl.counts().thinking(), "cap {cap} floor {floor}: {:?} vs {:?}", run.seq, ctl.counts());
+            }
+            if ctl.think_end() == Some(ThinkEnd::TokenCap) {
+                assert!(run.injected.iter().any(|(_, t, r)| t.starts_with("</think>") && *r == InjectReason::TokenCap), "cap {cap}: forced end injected");
+            }
+            assert!(!run.thinking.contains('\u{FFFD}'), "cap {cap} floor {floor}: half a character shown: {:?}", run.thinking);
         }
     }
 }
