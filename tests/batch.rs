@@ -74,6 +74,53 @@ fn r1_engine() -> &'static Engine {
     E.get_or_init(|| Engine::load(common::model_path(), EngineOptions { format: Some(ThinkFormat::R1), ..EngineOptions::default() }).unwrap())
 }
 
+/// KV rollback against llama.cpp: with R1 forced, a natural end before the
+/// floor is held (several tokens of `</think>`), rolled back out of the
+/// cache, and "Wait" fed in its place. Every token sampled after that was
+/// drawn from the rolled-back cache's logits: its log-prob must equal a
+/// fresh context's over the final sequence (what the cache should hold).
+#[test]
+fn logits_after_a_rollback_equal_a_fresh_contexts() {
+    let e = r1_engine();
+    let t = 0.7f32;
+    // A sampled end may also be the end-of-turn token (nothing to roll
+    // back): the first seed whose end was a held `</think>` is checked.
+    let f = (0..8)
+        .map(|seed| {
+            let opts = SolveOptions {
+                sampling: SamplingConfig { temperature: t, top_k: 0, top_p: 1.0, min_p: 0.0, seed, ..SamplingConfig::default() },
+                ..options(48, 96, 4)
+            };
+            e.solve_samples(SHORT, &opts, vec![Sample::silent(0, None)], Some(2)).unwrap().remove(0)
+        })
+        .find(|f| ok(f).rolled_back_tokens > 0)
+        .expect("in 8 seeds, some sampled end is a held </think> that is rolled back");
+    assert!(ok(&f).extensions >= 1);
+    let mut seq = f.prompt.clone();
+    seq.extend(f.tokens.iter().map(|t| t.id));
+    let logits = e.logits(&seq, Some(2)).unwrap();
+    let after_wait = f.tokens.iter().position(|t| !t.sampled).expect("an injected Wait");
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (k, tok) in f.tokens.iter().enumerate() {
+        let Some(got) = tok.logprob else { continue };
+        let row = &logits[f.prompt.len() + k - 1];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&l| (f64::from((l - max) / t)).exp()).sum();
+        let want = f64::from((row[tok.id as usize] - max) / t) - z.ln();
+        let gap = (f64::from(got) - want).abs();
+        // The solve caches keys in F16 and decodes one token a step,
+        // Engine::logits caches F32 in one batch: they differ by rounding
+        // (up to ~0.1 nats on uncertain tokens). Stale cache entries left by
+        // a bad rollback would put every later token far off.
+        assert!(gap < 0.25, "token {k} ({}): log-prob {got} vs {want} in a fresh context", tok.id);
+        if k < after_wait { before.push(gap) } else { after.push(gap) }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    eprintln!("|log-prob gap| before the rollback {:.4} ({} tokens), after {:.4} ({} tokens)", mean(&before), before.len(), mean(&after), after.len());
+    assert!(after.len() >= 20, "{} tokens sampled after the rollback", after.len());
+    assert!(mean(&after) <= (2.0 * mean(&before)).max(0.03), "the rollback left the cache off: mean gap {:.4} after vs {:.4} before", mean(&after), mean(&before));
+}
+
 #[test]
 fn sequences_side_by_side_keep_their_own_budgets_cancels_and_caches() {
     let e = r1_engine();
@@ -282,7 +329,6 @@ fn batches_that_cannot_fit_are_refused_before_decoding_and_bad_jobs_alone_fail()
 
 #[test]
 fn a_forced_end_in_one_slot_injects_only_there() {
-    let e = engine();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let jobs = vec![
