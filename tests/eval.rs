@@ -197,3 +197,67 @@ fn bad_data_gets_clear_errors() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
 }
+
+fn write_problems(path: &Path, questions: &[String]) {
+    let text: String = questions
+        .iter()
+        .map(|q| format!("{}\n", serde_json::json!({ "question": q, "answer": "#### 4" })))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_failed_solve_is_a_wrong_record_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    // The middle question cannot fit a 512-token context.
+    let long = format!("What is {}2?", "1 + ".repeat(400));
+    write_problems(&data, &["What is 2 + 2?".into(), long, "What is 3 + 1?".into()]);
+    let out = dir.path().join("out");
+    let o = eval_cmd(&data, &out, &["--budgets", "8", "--ctx", "512", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let label = model_path().file_stem().unwrap().to_string_lossy().into_owned();
+    let recs = lines(&out.join("records").join(&label).join("cap8.jsonl"));
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    let failed: Vec<_> = recs.iter().filter(|r| r.get("error").is_some()).collect();
+    assert_eq!(failed.len(), 1, "{recs:?}");
+    assert_eq!(failed[0]["id"], 1);
+    assert_eq!(failed[0]["correct"], false);
+    assert!(failed[0]["error"].as_str().unwrap().contains("does not fit"), "{}", failed[0]["error"]);
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["rows"][0]["n"], 3);
+}
+
+#[test]
+fn records_made_from_other_data_or_another_model_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    write_problems(&a, &["What is 2 + 2?".into()]);
+    write_problems(&b, &["What is 1 + 3?".into()]);
+    let out = dir.path().join("out");
+    let o = eval_cmd(&a, &out, &["--budgets", "4"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = eval_cmd(&b, &out, &["--budgets", "4"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("other data"), "{err}");
+    assert!(out.join("models.json").is_file());
+    assert!(!out.read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp")), "no temporary files left");
+
+    // A file with the default model's name that is not the default model.
+    let other = dir.path().join("elsewhere").join(model_path().file_name().unwrap());
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    std::fs::write(&other, b"GGUF a different file").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_reckon"))
+        .args(["eval", "--budgets", "4", "--max-answer", "8", "--model"])
+        .arg(&other)
+        .arg("--data")
+        .arg(&a)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("another file of that name"), "{err}");
+}

@@ -116,6 +116,10 @@ pub struct Record {
     pub thinking: String,
     /// The answer text.
     pub answer: String,
+    /// Why the solve failed, when it did (the record then counts as wrong,
+    /// and the sweep goes on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn one() -> u32 {
@@ -155,6 +159,34 @@ impl Record {
             answer: shown.answer.clone(),
             samples: results.len() as u32,
             votes: if results.len() > 1 { vote.tally } else { Vec::new() },
+            error: None,
+        }
+    }
+
+    /// The record of a problem whose solve failed: wrong, no tokens, the error.
+    pub fn failed(problem: &Problem, error: &ReckonError, samples: u32) -> Self {
+        Record {
+            id: problem.id,
+            question: problem.question.clone(),
+            gold: problem.gold.clone(),
+            extracted: None,
+            correct: false,
+            thinking_tokens: 0,
+            injected_tokens: 0,
+            answer_tokens: 0,
+            extensions: 0,
+            forced: false,
+            think_end: None,
+            finish: FinishReason::Stopped,
+            prompt_tokens: 0,
+            wall_ms: 0.0,
+            latency_ms: 0.0,
+            samples,
+            votes: Vec::new(),
+            decode_tok_s: 0.0,
+            thinking: String::new(),
+            answer: String::new(),
+            error: Some(error.to_string()),
         }
     }
 
@@ -193,6 +225,10 @@ pub struct EvalPlan {
     pub parallel: Option<u32>,
     /// Completions per problem, answered by majority vote (1: none).
     pub samples: u32,
+    /// Think format for every model (`None`: detected from each).
+    pub format: Option<crate::format::ThinkFormat>,
+    /// Largest context to allocate (`None`: the model's).
+    pub max_context: Option<u32>,
 }
 
 /// What must match for records in `out` to be reused.
@@ -204,6 +240,9 @@ struct RunKey {
     min_thinking_tokens: u32,
     #[serde(default = "one")]
     samples: u32,
+    /// A think format forced on every model (absent: each model's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<crate::format::ThinkFormat>,
 }
 
 /// One model of an evaluation: a GGUF and, optionally, a LoRA adapter
@@ -333,11 +372,23 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
         return Ok(summary);
     }
 
-    // What is left, for the progress bar.
+    check_models(plan, &labels)?;
+    // What is left, for the progress bar; records made from other data
+    // than this run's are refused, not reused.
+    let by_id: std::collections::HashMap<usize, &Problem> = plan.problems.iter().map(|p| (p.id, p)).collect();
     let mut remaining = 0u64;
     for label in &labels {
         for c in &plan.configs {
-            let done = read_records(&records_path(&plan.out, label, &c.label))?;
+            let path = records_path(&plan.out, label, &c.label);
+            let done = read_records(&path)?;
+            if let Some(r) = done.iter().find(|r| by_id.get(&r.id).is_some_and(|p| p.question != r.question || p.gold != r.gold)) {
+                return Err(ReckonError::InvalidOption(format!(
+                    "{} was made from other data: problem {} there is not problem {} of this --data; use a new --out",
+                    path.display(),
+                    r.id,
+                    r.id
+                )));
+            }
             let done: std::collections::HashSet<usize> = done.iter().map(|r| r.id).collect();
             remaining += plan.problems.iter().filter(|p| !done.contains(&p.id)).count() as u64;
         }
@@ -366,7 +417,10 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
             let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
             let engine = match &mut engine {
                 Some(e) => e,
-                None => engine.insert(Engine::load(&model.path, EngineOptions { adapter: model.adapter.clone(), ..EngineOptions::default() })?),
+                None => engine.insert(Engine::load(
+                    &model.path,
+                    EngineOptions { adapter: model.adapter.clone(), format: plan.format, max_context: plan.max_context, ..EngineOptions::default() },
+                )?),
             };
             let options = SolveOptions {
                 budget: BudgetConfig {
@@ -397,25 +451,34 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
                 .enumerate()
                 .map(|(j, p)| Job::group(j as u64 * u64::from(k), p.question.clone(), options.clone(), k))
                 .collect();
-            let mut pending: std::collections::HashMap<usize, Vec<SolveResult>> = Default::default();
+            let mut pending: std::collections::HashMap<usize, Vec<Result<SolveResult>>> = Default::default();
             let mut failure: Option<ReckonError> = None;
             let mut last = std::time::Instant::now();
             engine.solve_queue(jobs, slots, plan.base.threads, &mut |f| {
                 let j = (f.tag / u64::from(k)) as usize;
-                let r = match f.result {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        return;
-                    }
-                };
+                if let Err(e) = &f.result {
+                    log::warn!("{label} {}: problem {} failed: {e}", c.label, todo[j].id);
+                }
                 let results = pending.entry(j).or_default();
-                results.push(r);
+                results.push(f.result);
                 if results.len() < k as usize || failure.is_some() {
                     return;
                 }
-                let results = pending.remove(&j).unwrap_or_default();
-                let mut record = Record::from_results(todo[j], &results);
+                // One failed solve is a wrong record and the sweep goes on;
+                // of several samples, the ones that finished are voted on.
+                let (mut oks, mut error) = (Vec::new(), None);
+                for r in pending.remove(&j).unwrap_or_default() {
+                    match r {
+                        Ok(r) => oks.push(r),
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                let mut record = match error {
+                    Some(e) if oks.is_empty() => Record::failed(todo[j], &e, k),
+                    _ => Record::from_results(todo[j], &oks),
+                };
                 record.wall_ms = last.elapsed().as_secs_f64() * 1e3;
                 last = std::time::Instant::now();
                 let written = serde_json::to_string(&record)
@@ -458,6 +521,7 @@ fn check_run_key(plan: &EvalPlan) -> Result<()> {
         max_answer_tokens: plan.base.budget.max_answer_tokens,
         min_thinking_tokens: plan.base.budget.min_thinking_tokens,
         samples: plan.samples,
+        format: plan.format,
     };
     let path = plan.out.join("run.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -472,5 +536,85 @@ fn check_run_key(plan: &EvalPlan) -> Result<()> {
         return Ok(());
     }
     let text = serde_json::to_string_pretty(&key).map_err(|e| ReckonError::Internal(e.to_string()))?;
-    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+    write_atomic(&path, text.as_bytes())
+}
+
+/// Write a file whole or not at all: a temporary file beside it, renamed
+/// over it (a crash never leaves half a summary).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(format!("creating a file in {}", dir.display())))?;
+    tmp.write_all(bytes).map_err(io(format!("writing {}", path.display())))?;
+    tmp.persist(path).map_err(|e| ReckonError::io(format!("writing {}", path.display()), e.error))?;
+    Ok(())
+}
+
+/// What identifies a model file: its size and the SHA-256 of its first
+/// and last MiB (cheap, and different for any two real models).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileId {
+    bytes: u64,
+    ends_sha256: String,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = File::open(path).map_err(io(format!("opening {}", path.display())))?;
+        let bytes = f.metadata().map_err(io(format!("reading {}", path.display())))?.len();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; (1 << 20).min(bytes as usize)];
+        f.read_exact(&mut buf).map_err(io(format!("reading {}", path.display())))?;
+        h.update(&buf);
+        f.seek(SeekFrom::Start(bytes - buf.len() as u64)).map_err(io(format!("reading {}", path.display())))?;
+        f.read_exact(&mut buf).map_err(io(format!("reading {}", path.display())))?;
+        h.update(&buf);
+        let ends_sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(FileId { bytes, ends_sha256 })
+    }
+}
+
+/// The files behind one model label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ModelId {
+    model: FileId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adapter: Option<FileId>,
+}
+
+/// Records are kept per model label (file stems); `models.json` pins what
+/// file each label was made from, so another file of the same name (or a
+/// retrained adapter) is refused instead of mixed in.
+fn check_models(plan: &EvalPlan, labels: &[String]) -> Result<()> {
+    let path = plan.out.join("models.json");
+    let mut known: std::collections::BTreeMap<String, ModelId> = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| ReckonError::InvalidOption(format!("{} is corrupt ({e}); use a new --out", path.display())))?,
+        Err(_) => Default::default(),
+    };
+    let before = known.clone();
+    for (m, label) in plan.models.iter().zip(labels) {
+        if !m.path.is_file() {
+            continue; // the engine says what is wrong with it
+        }
+        let id = ModelId { model: FileId::of(&m.path)?, adapter: m.adapter.as_deref().filter(|a| a.is_file()).map(FileId::of).transpose()? };
+        match known.get(label) {
+            Some(old) if *old != id => {
+                return Err(ReckonError::InvalidOption(format!(
+                    "{}: the records of '{label}' were made with another file of that name (size or contents differ); use a new --out",
+                    plan.out.display()
+                )))
+            }
+            Some(_) => {}
+            None => {
+                known.insert(label.clone(), id);
+            }
+        }
+    }
+    if known != before {
+        let text = serde_json::to_string_pretty(&known).map_err(|e| ReckonError::Internal(e.to_string()))?;
+        write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(())
 }

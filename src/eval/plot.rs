@@ -33,6 +33,38 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
+/// A point label's size in pixels, per character and in height (13 px text).
+const LABEL_CHAR_W: i32 = 8;
+const LABEL_H: i32 = 15;
+
+/// Top-left corners for point labels of `sizes` (w, h) next to `points`
+/// (pixels): for each in turn, the first spot around its point (above,
+/// below, right, left, then further out) whose box overlaps no label placed
+/// before it and no point's marker; the spot above when every one does.
+pub(crate) fn place_labels(points: &[(i32, i32)], sizes: &[(i32, i32)]) -> Vec<(i32, i32)> {
+    type Rect = (i32, i32, i32, i32);
+    let overlaps = |a: Rect, b: Rect| a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3;
+    let markers: Vec<Rect> = points.iter().map(|&(x, y)| (x - 6, y - 6, x + 6, y + 6)).collect();
+    let mut placed: Vec<Rect> = Vec::new();
+    let mut out = Vec::new();
+    for (&(px, py), &(w, h)) in points.iter().zip(sizes) {
+        let mut spots = Vec::new();
+        for ring in 0..8 {
+            let d = 8 + ring * (h + 2);
+            spots.extend([(px - w / 2, py - h - d), (px - w / 2, py + d), (px + d, py - h / 2), (px - w - d, py - h / 2)]);
+            spots.extend([(px + d, py - h - d), (px - w - d, py - h - d), (px + d, py + d), (px - w - d, py + d)]);
+        }
+        let free = |&(x, y): &(i32, i32)| {
+            let r = (x, y, x + w, y + h);
+            !placed.iter().chain(&markers).any(|&o| overlaps(r, o))
+        };
+        let (x, y) = spots.iter().copied().find(free).unwrap_or(spots[0]);
+        placed.push((x, y, x + w, y + h));
+        out.push((x, y));
+    }
+    out
+}
+
 /// Plot size in pixels.
 pub const SIZE: (u32, u32) = (900, 600);
 
@@ -73,6 +105,7 @@ where
             models.push(&r.model);
         }
     }
+    let mut labels: Vec<((i32, i32), String, RGBColor)> = Vec::new();
     for (i, model) in models.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut pts: Vec<&&ConfigSummary> = rows.iter().filter(|r| r.model == *model).collect();
@@ -94,14 +127,15 @@ where
                     color.mix(0.5).stroke_width(1),
                 )))
                 .map_err(|e| e.to_string())?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    r.config.clone(),
-                    (x, 100.0 * r.accuracy + 2.5),
-                    ("sans-serif", 13).into_font().color(&color),
-                )))
-                .map_err(|e| e.to_string())?;
+            labels.push((chart.backend_coord(&(x, 100.0 * r.accuracy)), r.config.clone(), color));
         }
+    }
+    // Point labels, placed where they overlap no other label or point.
+    let points: Vec<(i32, i32)> = labels.iter().map(|(p, _, _)| *p).collect();
+    let sizes: Vec<(i32, i32)> = labels.iter().map(|(_, text, _)| (LABEL_CHAR_W * text.chars().count() as i32, LABEL_H)).collect();
+    for ((_, text, color), (lx, ly)) in labels.iter().zip(place_labels(&points, &sizes)) {
+        root.draw(&Text::new(text.clone(), (lx, ly), ("sans-serif", 13).into_font().color(color)))
+            .map_err(|e| e.to_string())?;
     }
     chart
         .configure_series_labels()
@@ -113,4 +147,35 @@ where
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_of_crowded_points_do_not_overlap_each_other_or_the_points() {
+        // Three curves whose points nearly coincide (as base, SFT and RL do
+        // at a low cap), plus a spread-out one.
+        let points = vec![(100, 300), (103, 302), (98, 297), (101, 301), (400, 200), (402, 204), (700, 100)];
+        let sizes: Vec<(i32, i32)> = ["cap256", "cap256", "cap256", "cap512+1w", "cap512", "cap512", "cap1024"]
+            .iter()
+            .map(|t| (LABEL_CHAR_W * t.len() as i32, LABEL_H))
+            .collect();
+        let at = place_labels(&points, &sizes);
+        let rect = |i: usize| (at[i].0, at[i].1, at[i].0 + sizes[i].0, at[i].1 + sizes[i].1);
+        for i in 0..points.len() {
+            for j in 0..i {
+                let (a, b) = (rect(i), rect(j));
+                assert!(!(a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3), "labels {i} and {j} overlap: {a:?} {b:?}");
+            }
+            for &(x, y) in &points {
+                let a = rect(i);
+                assert!(!(a.0 < x + 6 && x - 6 < a.2 && a.1 < y + 6 && y - 6 < a.3), "label {i} covers the point at {x},{y}");
+            }
+            // Each label stays near its point.
+            let (cx, cy) = (at[i].0 + sizes[i].0 / 2, at[i].1 + sizes[i].1 / 2);
+            assert!((cx - points[i].0).abs() < 200 && (cy - points[i].1).abs() < 200, "label {i} strayed to {cx},{cy}");
+        }
+    }
 }

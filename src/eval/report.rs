@@ -164,7 +164,7 @@ pub fn markdown(summary: &Summary) -> String {
 /// Write summary.json, summary.md and the plot (PNG and SVG).
 pub fn write_all(summary: &Summary, out: &Path) -> Result<()> {
     let w = |name: &str, text: String| {
-        std::fs::write(out.join(name), text).map_err(|e| ReckonError::io(format!("writing {name}"), e))
+        super::write_atomic(&out.join(name), text.as_bytes())
     };
     w("summary.json", serde_json::to_string_pretty(summary).map_err(|e| ReckonError::Internal(e.to_string()))?)?;
     w("summary.md", markdown(summary))?;

@@ -460,6 +460,8 @@ fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
         report_only: false,
         parallel: Some(2),
         samples: 1,
+        format: None,
+        max_context: None,
     };
     reckon::eval::run(&plan).unwrap();
     let labels = reckon::eval::model_labels(&plan.models);
