@@ -2,7 +2,8 @@
 # Installs the system packages reckon builds with, if any is missing:
 # cmake, clang and libclang-dev (llama.cpp is built from source by
 # llama-cpp-sys-2), python3 with pip (the default model is fetched from
-# PyPI), and for the bindings tests a JDK, JNA and npm. Debian/Ubuntu; uses sudo when not root. Safe to run again.
+# PyPI), for the bindings tests a JDK, JNA and npm, and for the server tests
+# python3-venv, chromium and curl. Debian/Ubuntu; uses sudo when not root. Safe to run again.
 set -euo pipefail
 
 missing=()
@@ -18,6 +19,10 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
 [ -f /usr/share/java/jna.jar ] || missing+=(libjna-java)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Server tests: a venv for the openai client, chromium for the page, curl.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

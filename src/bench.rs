@@ -33,6 +33,15 @@ pub struct BenchArgs {
     /// GGUF model file(s); repeat to compare quantizations (default: the default model).
     #[arg(long, short)]
     model: Vec<PathBuf>,
+    /// A GGUF LoRA adapter applied to every model (its think format is used).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Think format: s1, r1 or plain (default: detected from the model).
+    #[arg(long)]
+    format: Option<reckon::format::ThinkFormat>,
+    /// Largest context to allocate, in tokens (default: the model's).
+    #[arg(long)]
+    ctx: Option<u32>,
     /// CPU threads.
     #[arg(long, default_value_t = 2)]
     threads: u32,
@@ -48,6 +57,9 @@ pub struct BenchArgs {
     /// Thinking cap of the extension run.
     #[arg(long, default_value_t = 1024)]
     extension_cap: u32,
+    /// Cancels to time (from another thread, into a long solve).
+    #[arg(long, default_value_t = 20)]
+    cancels: u32,
     /// Parallel sequence counts to measure (e.g. 1,4,8,16): N greedy
     /// completions of the question in one batch against a bare batched
     /// llama-cpp-2 loop decoding as many tokens; 1 is always included as the
@@ -64,6 +76,13 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+impl BenchArgs {
+    /// Whether the report (and so an error) is JSON.
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -120,12 +139,29 @@ struct ParallelRow {
     ms_per_problem: f64,
 }
 
+/// How fast a cancel from another thread stops a solve.
+#[derive(Debug, Serialize)]
+struct CancelRow {
+    /// Cancels measured (each at a different moment of a long solve).
+    cancels: u32,
+    /// Median milliseconds from `cancel()` to the solve returning.
+    p50_ms: f64,
+    /// 99th percentile (nearest rank).
+    p99_ms: f64,
+    /// The same in decode steps of those solves (target: p99 <= 1).
+    p50_steps: f64,
+    p99_steps: f64,
+    /// Milliseconds per decode step (a cancel is seen at the next step).
+    ms_per_step: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     threads: u32,
     repeat: u32,
     models: Vec<ModelRow>,
     extension: Option<ExtensionRow>,
+    cancel: Option<CancelRow>,
     parallel: Vec<ParallelRow>,
     peak_rss_mib: f64,
 }
@@ -332,6 +368,41 @@ fn parallel_rows(engine: &Engine, args: &BenchArgs, opts: &SolveOptions, bar: &i
         .collect())
 }
 
+/// Cancel a long solve from another thread at several moments into its
+/// thinking; time from `cancel()` to the solve's return.
+fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<CancelRow> {
+    let opts = SolveOptions {
+        budget: BudgetConfig { min_thinking_tokens: 4000, max_thinking_tokens: 4096, ..base.budget.clone() },
+        ..base.clone()
+    };
+    let mut latencies = Vec::new();
+    let mut per_token = Vec::new();
+    for i in 0..args.cancels.max(1) {
+        let cancel = reckon::events::CancelHandle::new();
+        // At moments spread over several decode steps' phases.
+        let when = std::time::Duration::from_millis(300 + 37 * u64::from(i));
+        let handle = cancel.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(when);
+            handle.cancel();
+            std::time::Instant::now()
+        });
+        let r = engine.solve(&args.question, &opts, &mut Silent, Some(&cancel))?;
+        let returned = std::time::Instant::now();
+        let cancelled_at = canceller.join().map_err(|_| anyhow::anyhow!("the cancelling thread panicked"))?;
+        anyhow::ensure!(r.finish == reckon::events::FinishReason::Cancelled, "the solve ended before its cancel ({:?})", r.finish);
+        latencies.push(returned.saturating_duration_since(cancelled_at).as_secs_f64() * 1e3);
+        per_token.push(1e3 / r.timings.decode_tok_s.max(1e-9));
+        bar.inc(1);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let p99_ms = latencies[((0.99 * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let cancels = latencies.len() as u32;
+    let ms_per_step = median(per_token);
+    let p50_ms = median(latencies);
+    Ok(CancelRow { cancels, p50_ms, p99_ms, p50_steps: p50_ms / ms_per_step, p99_steps: p99_ms / ms_per_step, ms_per_step })
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let paths = if args.model.is_empty() { vec![models::default_model_path()] } else { args.model.clone() };
     let opts = SolveOptions {
@@ -341,61 +412,76 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let repeat = u64::from(args.repeat.max(1));
     let n_parallel = if args.parallel.is_empty() { 0 } else { args.parallel.len() as u64 + 1 };
-    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1 + n_parallel))?;
+    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1 + n_parallel) + u64::from(args.cancels.max(1)))?;
     let mut rows = Vec::new();
     let mut extension = None;
+    let mut cancel = None;
     let mut parallel = Vec::new();
     for (i, path) in paths.iter().enumerate() {
-        let engine = Engine::load(path, EngineOptions { unified_kv: args.unified_kv, ..EngineOptions::default() })?;
+        let options = EngineOptions {
+            unified_kv: args.unified_kv,
+            adapter: args.adapter.clone(),
+            format: args.format,
+            max_context: args.ctx,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::load(path, options)?;
         rows.push(model_row(&engine, &args, &opts, &bar)?);
         if i == 0 {
             extension = Some(extension_row(&engine, &args, &opts, &bar)?);
+            cancel = Some(cancel_row(&engine, &args, &opts, &bar)?);
             if !args.parallel.is_empty() {
                 parallel = parallel_rows(&engine, &args, &opts, &bar)?;
             }
         }
     }
     bar.finish_and_clear();
-    let report = Report { threads: args.threads, repeat: args.repeat.max(1), models: rows, extension, parallel, peak_rss_mib: peak_rss_mib() };
+    let report = Report { threads: args.threads, repeat: args.repeat.max(1), models: rows, extension, cancel, parallel, peak_rss_mib: peak_rss_mib() };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("threads {}, {} repeats (medians), question of {} prompt tokens", report.threads, report.repeat, report.models[0].prompt_tokens);
-    println!();
-    println!("| model | quant | MiB | load ms | prefill tok/s | TTFT ms | solve decode tok/s | bare loop tok/s | ratio (floor 0.97) |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    outln!("threads {}, {} repeats (medians), question of {} prompt tokens", report.threads, report.repeat, report.models[0].prompt_tokens);
+    outln!("");
+    outln!("| model | quant | MiB | load ms | prefill tok/s | TTFT ms | solve decode tok/s | bare loop tok/s | ratio (floor 0.97) |");
+    outln!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &report.models {
         let name = std::path::Path::new(&r.model).file_name().map_or(r.model.clone(), |n| n.to_string_lossy().into_owned());
-        println!(
+        outln!(
             "| {name} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} | {:.2} | {:.3} |",
             r.quantization, r.file_mib, r.load_ms, r.prefill_tok_s, r.ttft_ms, r.solve_decode_tok_s, r.bare_decode_tok_s, r.decode_ratio
         );
     }
     if let Some(e) = &report.extension {
-        println!();
-        println!(
+        outln!("");
+        outln!(
             "extensions: {} \"Wait\"s over {} thinking tokens: kept KV cache {:.0} ms vs re-submitting prompt+thinking {:.0} ms ({:.2}x)",
             e.extensions, e.thinking_tokens, e.kept_cache_ms, e.resubmit_ms, e.resubmit_over_kept
         );
-        println!(
+        outln!(
             "injected token {:.1} ms vs generated token {:.1} ms (injections are batched on the kept cache)",
             e.injected_ms_per_token, e.generated_ms_per_token
         );
     }
+    if let Some(c) = &report.cancel {
+        outln!(
+            "cancel from another thread ({} cancels): p50 {:.1} ms ({:.2} steps), p99 {:.1} ms ({:.2} steps); one decode step {:.1} ms",
+            c.cancels, c.p50_ms, c.p50_steps, c.p99_ms, c.p99_steps, c.ms_per_step
+        );
+    }
     if !report.parallel.is_empty() {
-        println!();
-        println!("parallel sequences ({} greedy tokens each, one batch; bare = batched llama-cpp-2 loop, no controllers):", report.parallel[0].tokens_per_sequence);
-        println!();
-        println!("| sequences | solve aggregate tok/s | per sequence tok/s | bare aggregate tok/s | solve/bare (floor 0.95) | vs 1 sequence | ms per problem |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        outln!("");
+        outln!("parallel sequences ({} greedy tokens each, one batch; bare = batched llama-cpp-2 loop, no controllers):", report.parallel[0].tokens_per_sequence);
+        outln!("");
+        outln!("| sequences | solve aggregate tok/s | per sequence tok/s | bare aggregate tok/s | solve/bare (floor 0.95) | vs 1 sequence | ms per problem |");
+        outln!("|---:|---:|---:|---:|---:|---:|---:|");
         for r in &report.parallel {
-            println!(
+            outln!(
                 "| {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.2}x | {:.0} |",
                 r.sequences, r.solve_aggregate_tok_s, r.solve_per_sequence_tok_s, r.bare_aggregate_tok_s, r.solve_over_bare, r.speedup_vs_single, r.ms_per_problem
             );
         }
     }
-    println!("peak RSS {:.0} MiB", report.peak_rss_mib);
+    outln!("peak RSS {:.0} MiB", report.peak_rss_mib);
     Ok(())
 }

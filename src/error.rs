@@ -115,7 +115,45 @@ pub enum ReckonError {
 /// Result with [`ReckonError`].
 pub type Result<T, E = ReckonError> = std::result::Result<T, E>;
 
+/// What kind of failure an error is: what a program does about it (the
+/// CLI's exit code, the bindings' error class, the server's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// What was asked cannot be done: an empty question, a prompt too long,
+    /// invalid budgets or options. Fix the request.
+    Input,
+    /// The model or adapter file is missing, corrupt or unsupported.
+    Model,
+    /// Fetching or verifying a model failed.
+    Fetch,
+    /// Reading or writing a file failed.
+    Io,
+    /// llama.cpp failed while running (context, decode, backend).
+    Runtime,
+    /// A bug in reckon.
+    Internal,
+}
+
 impl ReckonError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        use ReckonError as E;
+        match self {
+            E::EmptyQuestion | E::PromptTooLong { .. } | E::BatchTooLarge { .. } | E::InvalidBudget(_) | E::InvalidOption(_) => ErrorKind::Input,
+            E::ModelNotFound(_)
+            | E::ModelIsDirectory(_)
+            | E::InvalidModel { .. }
+            | E::UnsupportedArchitecture { .. }
+            | E::ModelLoad { .. }
+            | E::InvalidAdapter { .. } => ErrorKind::Model,
+            E::Fetch(_) | E::HashMismatch { .. } => ErrorKind::Fetch,
+            E::Io { .. } => ErrorKind::Io,
+            E::Context(_) | E::Decode(_) | E::Backend(_) => ErrorKind::Runtime,
+            E::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
     /// Wrap an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         ReckonError::Io { context: context.into(), source }

