@@ -126,14 +126,18 @@ stage_pilot() {
     [ "$kind" = gated ] && len="{ kind = \"gated\", min_group_accuracy = 0.5 }"
     sed -e "s|^length = .*|length = $len|" -e "s|^steps = .*|steps = $PILOT_STEPS|" \
         -e "s|^every = .*|every = 2|" "$RES/grpo.toml" > "$RES/$name.toml"
-    unpark "$name"
-    if [ ! -f "$RUN/$name.gguf" ]; then
+    # A finished candidate's adapter is committed (results/.../pilot/), so
+    # another session or machine goes on with the next one.
+    if [ ! -f "$RES/pilot/$name.gguf" ]; then
+      unpark "$name"
       log "pilot: $kind, $PILOT_STEPS steps"
       timed "$name" "$RT" grpo --config "$RES/$name.toml" --out "$RUN/$name" --json > "$RUN/$name.out.json"
-      "$RT" export --checkpoint "$(latest "$name")" --adapter --type f16 --out "$RUN/$name.gguf" --force
-      mkdir -p "$RES/pilot" && cp "$RUN/$name/metrics.jsonl" "$RES/pilot/$name-metrics.jsonl"
+      mkdir -p "$RES/pilot"
+      "$RT" export --checkpoint "$(latest "$name")" --adapter --type f16 --out "$RES/pilot/$name.gguf" --force
+      cp "$RUN/$name/metrics.jsonl" "$RES/pilot/$name-metrics.jsonl"
+      rm -rf "$RES/resume/$name"
     fi
-    models+=(--model "$MODEL+$RUN/$name.gguf")
+    models+=(--model "$MODEL+$RES/pilot/$name.gguf")
   done
   log "pilot: held-out evaluation"
   timed pilot-eval "$RK" eval --data "$RUN/heldout.jsonl" --limit 60 --budgets 512 --threads 2 \
@@ -180,7 +184,7 @@ park() {
   for s in sft grpo pilot-gated pilot-kimi; do
     local ck; ck=$(latest $s || true)
     [ -n "$ck" ] || continue
-    case $s in sft) [ -f "$RES/sft.gguf" ] && continue ;; grpo) [ -f "$RES/rl.gguf" ] && continue ;; *) [ -f "$RUN/$s.gguf" ] && continue ;; esac
+    case $s in sft) [ -f "$RES/sft.gguf" ] && continue ;; grpo) [ -f "$RES/rl.gguf" ] && continue ;; *) [ -f "$RES/pilot/$s.gguf" ] && continue ;; esac
     rm -rf "$RES/resume/$s" && mkdir -p "$RES/resume/$s"
     cp -r "$ck" "$RES/resume/$s/"
     cp "$RUN/$s/metrics.jsonl" "$RES/resume/$s/"
