@@ -271,6 +271,12 @@ fn a_reader_that_goes_away_stops_generation() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Ctrl-C: SIGINT through the shell's own `kill` (no procps needed).
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().unwrap();
+    assert!(status.success());
+}
+
 #[test]
 fn ctrl_c_stops_the_solve_and_prints_what_was_produced() {
     use std::io::Read;
@@ -278,8 +284,7 @@ fn ctrl_c_stops_the_solve_and_prints_what_was_produced() {
     let mut out = child.stdout.take().unwrap();
     let mut first = [0u8; 64];
     out.read_exact(&mut first).unwrap();
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    interrupt(&child);
     let status = wait_for(&mut child, 15).expect("still running 15 s after Ctrl-C");
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
@@ -291,7 +296,7 @@ fn ctrl_c_stops_the_solve_and_prints_what_was_produced() {
 
     let mut child = long_solve(&["--json"]);
     std::thread::sleep(std::time::Duration::from_secs(3));
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    interrupt(&child);
     let status = wait_for(&mut child, 15).expect("still running 15 s after Ctrl-C");
     let mut text = String::new();
     child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
