@@ -251,8 +251,26 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Bodies must say they are JSON. A web page on another site cannot send
+/// that to this server without a CORS preflight, which it does not answer:
+/// a site the user visits cannot use their local model.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            415,
+            "invalid_request_error",
+            Some("unsupported_media_type"),
+            format!("the body must be JSON with Content-Type: application/json (got {:?})", ct),
+        ))
+    }
+}
+
 async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(e) = s.authorize(&headers) {
+    if let Err(e) = s.authorize(&headers).and_then(|()| require_json(&headers)) {
         return error(e);
     }
     let bytes = match read_body(body).await {

@@ -176,10 +176,14 @@ def special_tokens_typed_by_a_user_stay_plain_text():
 
 @test
 def malformed_and_oversized_bodies_get_openai_errors():
-    r = httpx.post(BASE + "/v1/chat/completions", headers=AUTH, content=b"{nope")
+    JSON = {**AUTH, "Content-Type": "application/json"}
+    r = httpx.post(BASE + "/v1/chat/completions", headers=JSON, content=b"{nope")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
-    r = httpx.post(BASE + "/v1/chat/completions", headers=AUTH, content=b"x" * (2 << 20))
+    r = httpx.post(BASE + "/v1/chat/completions", headers=JSON, content=b"x" * (2 << 20))
     assert r.status_code == 413 and "error" in r.json(), r.text
+    # What a cross-site form or fetch without preflight could send.
+    r = httpx.post(BASE + "/v1/chat/completions", headers={**AUTH, "Content-Type": "text/plain"}, content=json.dumps({"messages": user()}))
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
     r = httpx.get(BASE + "/v1/nothing", headers=AUTH)
     assert r.status_code == 404 and "error" in r.json()
 
