@@ -215,6 +215,19 @@ def a_client_killed_mid_stream_frees_its_slot_and_a_slow_one_blocks_nobody():
 
 
 @test
+def a_non_streaming_client_that_leaves_frees_its_slot_too():
+    wait_idle()
+    body = {"messages": user(), "min_thinking_tokens": 1400, "thinking_budget_tokens": 1500, "max_tokens": 8}
+    try:
+        httpx.post(BASE + "/v1/chat/completions", headers=AUTH, json=body, timeout=2.0)
+    except httpx.TimeoutException:
+        pass  # the client gives up and closes the connection
+    else:
+        raise AssertionError("a 1400-token floor answered within 2 s")
+    wait_idle(10)
+
+
+@test
 def a_full_queue_is_a_503_with_retry_after():
     wait_idle()
     body = {"messages": user(), "stream": True, "thinking_budget_tokens": 48, "max_tokens": 8}
