@@ -57,7 +57,8 @@ pub struct BenchArgs {
     /// Thinking cap of the extension run.
     #[arg(long, default_value_t = 1024)]
     extension_cap: u32,
-    /// Cancels to time (from another thread, into a long solve).
+    /// Cancels to time from another thread, each once while decoding and
+    /// once during the prompt's decode.
     #[arg(long, default_value_t = 20)]
     cancels: u32,
     /// Parallel sequence counts to measure (e.g. 1,4,8,16): N greedy
@@ -153,6 +154,11 @@ struct CancelRow {
     p99_steps: f64,
     /// Milliseconds per decode step (a cancel is seen at the next step).
     ms_per_step: f64,
+    /// Cancels that land while the prompt is decoded wait for that decode:
+    /// their median and slowest latency, and the prompt's prefill time.
+    prefill_p50_ms: f64,
+    prefill_max_ms: f64,
+    prompt_prefill_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -368,39 +374,70 @@ fn parallel_rows(engine: &Engine, args: &BenchArgs, opts: &SolveOptions, bar: &i
         .collect())
 }
 
-/// Cancel a long solve from another thread at several moments into its
-/// thinking; time from `cancel()` to the solve's return.
+/// Cancel long solves from another thread; time from `cancel()` to the
+/// solve's return. Decoding cancels come at moments spread over the phase
+/// of a decode step once the first token is out; prefill cancels come 1 ms
+/// after the solve starts, so they wait for the prompt's decode.
 fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<CancelRow> {
     let opts = SolveOptions {
         budget: BudgetConfig { min_thinking_tokens: 4000, max_thinking_tokens: 4096, ..base.budget.clone() },
         ..base.clone()
     };
-    let mut latencies = Vec::new();
-    let mut per_token = Vec::new();
+    let (mut decoding, mut prefill, mut per_token, mut prefill_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.cancels.max(1) {
-        let cancel = reckon::events::CancelHandle::new();
-        // At moments spread over several decode steps' phases.
-        let when = std::time::Duration::from_millis(300 + 37 * u64::from(i));
-        let handle = cancel.clone();
-        let canceller = std::thread::spawn(move || {
-            std::thread::sleep(when);
-            handle.cancel();
-            std::time::Instant::now()
-        });
-        let r = engine.solve(&args.question, &opts, &mut Silent, Some(&cancel))?;
-        let returned = std::time::Instant::now();
-        let cancelled_at = canceller.join().map_err(|_| anyhow::anyhow!("the cancelling thread panicked"))?;
-        anyhow::ensure!(r.finish == reckon::events::FinishReason::Cancelled, "the solve ended before its cancel ({:?})", r.finish);
-        latencies.push(returned.saturating_duration_since(cancelled_at).as_secs_f64() * 1e3);
-        per_token.push(1e3 / r.timings.decode_tok_s.max(1e-9));
+        for during_prefill in [false, true] {
+            let cancel = reckon::events::CancelHandle::new();
+            let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
+            let handle = cancel.clone();
+            let delay = std::time::Duration::from_millis(if during_prefill { 1 } else { (7 * u64::from(i)) % 60 });
+            let canceller = std::thread::spawn(move || {
+                if !during_prefill {
+                    let _ = first_rx.recv(); // the first token is out
+                }
+                std::thread::sleep(delay);
+                handle.cancel();
+                std::time::Instant::now()
+            });
+            let mut first = Some(first_tx);
+            let mut listener = |_: &reckon::events::Event| {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+                true
+            };
+            let r = engine.solve(&args.question, &opts, &mut listener, Some(&cancel))?;
+            let returned = std::time::Instant::now();
+            drop(first);
+            let cancelled_at = canceller.join().map_err(|_| anyhow::anyhow!("the cancelling thread panicked"))?;
+            anyhow::ensure!(r.finish == reckon::events::FinishReason::Cancelled, "the solve ended before its cancel ({:?})", r.finish);
+            let ms = returned.saturating_duration_since(cancelled_at).as_secs_f64() * 1e3;
+            if during_prefill {
+                prefill.push(ms);
+                prefill_ms.push(r.timings.prefill_ms);
+            } else {
+                decoding.push(ms);
+                per_token.push(1e3 / r.timings.decode_tok_s.max(1e-9));
+            }
+        }
         bar.inc(1);
     }
-    latencies.sort_by(f64::total_cmp);
-    let p99_ms = latencies[((0.99 * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
-    let cancels = latencies.len() as u32;
+    decoding.sort_by(f64::total_cmp);
+    let p99_ms = decoding[((0.99 * decoding.len() as f64).ceil() as usize).clamp(1, decoding.len()) - 1];
+    let cancels = decoding.len() as u32;
     let ms_per_step = median(per_token);
-    let p50_ms = median(latencies);
-    Ok(CancelRow { cancels, p50_ms, p99_ms, p50_steps: p50_ms / ms_per_step, p99_steps: p99_ms / ms_per_step, ms_per_step })
+    let p50_ms = median(decoding);
+    let prefill_max_ms = prefill.iter().copied().fold(0.0, f64::max);
+    Ok(CancelRow {
+        cancels,
+        p50_ms,
+        p99_ms,
+        p50_steps: p50_ms / ms_per_step,
+        p99_steps: p99_ms / ms_per_step,
+        ms_per_step,
+        prefill_p50_ms: median(prefill),
+        prefill_max_ms,
+        prompt_prefill_ms: median(prefill_ms),
+    })
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -465,8 +502,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(c) = &report.cancel {
         outln!(
-            "cancel from another thread ({} cancels): p50 {:.1} ms ({:.2} steps), p99 {:.1} ms ({:.2} steps); one decode step {:.1} ms",
+            "cancel from another thread while decoding ({} cancels): p50 {:.1} ms ({:.2} steps), p99 {:.1} ms ({:.2} steps); one decode step {:.1} ms",
             c.cancels, c.p50_ms, c.p50_steps, c.p99_ms, c.p99_steps, c.ms_per_step
+        );
+        outln!(
+            "cancel during the prompt's decode: p50 {:.1} ms, max {:.1} ms (prefill of the prompt takes {:.1} ms)",
+            c.prefill_p50_ms, c.prefill_max_ms, c.prompt_prefill_ms
         );
     }
     if !report.parallel.is_empty() {

@@ -129,6 +129,7 @@ fn bench_reports_the_overhead_ratio_as_json() {
     assert_eq!(v["cancel"]["cancels"], 2, "{v}");
     assert!(v["cancel"]["p99_ms"].as_f64().unwrap() >= v["cancel"]["p50_ms"].as_f64().unwrap(), "{v}");
     assert!(v["cancel"]["ms_per_step"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["cancel"]["prefill_max_ms"].as_f64().unwrap() >= v["cancel"]["prefill_p50_ms"].as_f64().unwrap(), "{v}");
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 100.0, "{v}");
 }
 
