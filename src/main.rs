@@ -222,10 +222,10 @@ struct SolveArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Thinking floor: an earlier end of thinking is replaced by "Wait".
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = BudgetConfig::default().min_thinking_tokens)]
     min_think: u32,
     /// Thinking cap in tokens (injected ones count); then the answer is forced.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = BudgetConfig::default().max_thinking_tokens)]
     max_think: u32,
     /// Most "Wait" extensions. Without --min-think: ignore the first N ends
     /// of thinking (s1's sequential scaling). Default: as many as the floor needs.
@@ -235,25 +235,25 @@ struct SolveArgs {
     #[arg(long)]
     max_think_ms: Option<u64>,
     /// Bound on the answer, in tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = BudgetConfig::default().max_answer_tokens)]
     max_answer: u32,
     /// Sampling temperature; 0 is greedy (the default).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SamplingConfig::default().temperature)]
     temperature: f32,
     /// Top-k (non-greedy sampling).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = SamplingConfig::default().top_k)]
     top_k: i32,
     /// Top-p (non-greedy sampling).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = SamplingConfig::default().top_p)]
     top_p: f32,
     /// Min-p (non-greedy sampling).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = SamplingConfig::default().min_p)]
     min_p: f32,
     /// Repetition penalty (1.0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingConfig::default().repeat_penalty)]
     repeat_penalty: f32,
     /// Random seed (non-greedy sampling).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = SamplingConfig::default().seed)]
     seed: u32,
     /// System prompt ("" for none).
     #[arg(long, default_value = DEFAULT_SYSTEM_PROMPT)]
@@ -689,4 +689,22 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         outln!("\nwritten to {}: records/, summary.json, summary.md, accuracy_vs_tokens.png/.svg", args.out.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solve_defaults_are_the_cores() {
+        let cli = Cli::try_parse_from(["reckon", "solve", "q"]).unwrap();
+        let Command::Solve(args) = cli.command else { panic!("not solve") };
+        let core = SolveOptions::default();
+        let o = args.options();
+        assert_eq!(o.budget, core.budget);
+        assert_eq!(o.sampling, core.sampling);
+        assert_eq!(o.system_prompt, core.system_prompt);
+        assert_eq!(o.threads, core.threads);
+        assert_eq!(EngineOptions::default().gpu_layers, reckon::engine::DEFAULT_GPU_LAYERS);
+    }
 }

@@ -144,8 +144,9 @@ pub struct EngineOptions {
     #[uniffi(default = None)]
     pub max_context: Option<u32>,
     /// Layers offloaded to a GPU (Metal on iOS, CUDA builds); 0 = CPU.
-    #[uniffi(default = 0)]
-    pub gpu_layers: u32,
+    /// Default: the build's (all layers in a GPU build, none on CPU).
+    #[uniffi(default = None)]
+    pub gpu_layers: Option<u32>,
     /// A GGUF LoRA adapter file applied on top of the model (a fine-tune
     /// downloaded as a few megabytes); `InvalidModel` if it does not fit.
     #[uniffi(default = None)]
@@ -512,7 +513,7 @@ impl Engine {
             let core = CoreEngineOptions {
                 format: options.format.map(Into::into),
                 max_context: options.max_context,
-                gpu_layers: options.gpu_layers,
+                gpu_layers: options.gpu_layers.unwrap_or(reckon::engine::DEFAULT_GPU_LAYERS),
                 adapter: options.adapter_path.map(Into::into),
                 adapter_scale: options.adapter_scale,
                 unified_kv: false,
@@ -633,6 +634,29 @@ impl Engine {
             }
             Ok(items)
         })
+    }
+}
+
+/// The runtime's own defaults for a solve (budgets, sampling), as the core
+/// defines them: `SolveOptions()` in every language must equal this.
+#[uniffi::export]
+pub fn default_solve_options() -> SolveOptions {
+    let core = CoreSolveOptions::default();
+    SolveOptions {
+        min_thinking_tokens: core.budget.min_thinking_tokens,
+        max_thinking_tokens: core.budget.max_thinking_tokens,
+        max_extensions: core.budget.max_extensions,
+        max_answer_tokens: core.budget.max_answer_tokens,
+        max_thinking_ms: core.budget.max_thinking_ms,
+        temperature: core.sampling.temperature,
+        top_k: core.sampling.top_k,
+        top_p: core.sampling.top_p,
+        min_p: core.sampling.min_p,
+        repeat_penalty: core.sampling.repeat_penalty,
+        seed: core.sampling.seed,
+        threads: core.threads,
+        // The record's None means the core's default prompt.
+        system_prompt: None,
     }
 }
 

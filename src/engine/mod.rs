@@ -58,6 +58,10 @@ pub fn backend() -> Result<&'static LlamaBackend> {
         .map_err(|e| ReckonError::Backend(e.clone()))
 }
 
+/// Layers offloaded by default: all of them in a GPU build (CUDA, Metal),
+/// none on CPU. The CLI and the bindings take their default from here.
+pub const DEFAULT_GPU_LAYERS: u32 = if cfg!(any(feature = "cuda", feature = "metal")) { 999 } else { 0 };
+
 /// How to load a model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineOptions {
@@ -89,7 +93,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             format: None,
-            gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
+            gpu_layers: DEFAULT_GPU_LAYERS,
             max_context: None,
             adapter: None,
             adapter_scale: 1.0,

@@ -16,6 +16,7 @@ import dev.reckon.ffi.SolveEvent
 import dev.reckon.ffi.SolveListener
 import dev.reckon.ffi.SolveOptions
 import dev.reckon.ffi.ThinkFormat
+import dev.reckon.ffi.defaultSolveOptions
 import kotlinx.coroutines.flow.take
 import kotlinx.coroutines.flow.toList
 import kotlinx.coroutines.cancelAndJoin
@@ -223,6 +224,11 @@ fun main(args: Array<String>) {
         // (text and an injection) can slip in between.
         check(afterCancel.get() <= 2) { "${afterCancel.get()} events after cancel" }
         reckon.close()
+    }
+
+    test("SolveOptions() defaults are the runtime's") {
+        check(SolveOptions() == defaultSolveOptions()) { "${SolveOptions()} != ${defaultSolveOptions()}" }
+        check(EngineOptions().gpuLayers == null) { "gpuLayers default ${EngineOptions().gpuLayers}" }
     }
 
     test("facade: a collector that stops early stops the solve") {

@@ -74,6 +74,21 @@ def streaming_events_concatenate_to_the_result():
 
 
 @test
+def default_options_are_the_runtimes():
+    # The record's defaults are written in the bindings' source; the core's
+    # are in the runtime: they must agree field by field.
+    import struct
+
+    def f32(v):  # Python's 0.95 is a double; the record's field is an f32
+        return struct.unpack("f", struct.pack("f", v))[0] if isinstance(v, float) else v
+
+    mine, core = r.SolveOptions(), r.default_solve_options()
+    for field in vars(core):
+        assert f32(getattr(mine, field)) == f32(getattr(core, field)), (field, getattr(mine, field), getattr(core, field))
+    assert r.EngineOptions().gpu_layers is None  # the build's default (all layers on a GPU build)
+
+
+@test
 def special_tokens_typed_in_a_question_stay_plain_text():
     opts = r.SolveOptions(max_thinking_tokens=4, max_answer_tokens=4, threads=2)
     plain = engine.solve("What is 2 + 3?", opts, Collect(), None).prompt_tokens
