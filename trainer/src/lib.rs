@@ -1,33 +1,27 @@
 //! Reckon's trainer: fine-tune small Qwen2-architecture models so that,
 //! under budget forcing, they reason well in few tokens.
 //!
-//! Layers: [`model`] (a training-mode Qwen2 with LoRA and a KV-cached
-//! sampling path), [`weights`] and [`tokenizer`] (HF safetensors, GGUF with
-//! its vocabulary), [`data`] (SFT records in the s1 format), [`longtrace`]
-//! (long reasoning traces from GSM8K solutions), [`optim`]
-//! (AdamW, schedule, clipping), [`checkpoint`] (verified, resumable),
-//! [`train`] (the SFT loop), [`bench`] (throughput and MFU), [`plot`].
+//! Folders by concern, each importing only those before it:
+//!
+//! - [`model`]: the training-mode Qwen2 with LoRA and a KV-cached sampling
+//!   path, and its fused CPU kernels.
+//! - [`io`]: weights (HF safetensors, GGUF), the tokenizer, checkpoints,
+//!   GGUF export and import.
+//! - [`run`]: the loop skeleton SFT and GRPO share, the shared config
+//!   sections, AdamW, benchmarks, plots.
+//! - [`sft`]: SFT data (s1 format, long traces, a synthetic task) and the
+//!   SFT loop.
+//! - [`rl`]: rollouts (trainer or engine), rewards, the objective, the GRPO
+//!   loop.
 
-pub mod bench;
-pub mod checkpoint;
-pub mod config;
-pub mod data;
-pub mod engine_rollout;
-pub mod export;
-pub mod kernels;
-pub mod grpo;
-pub mod longtrace;
+pub mod io;
 pub mod model;
-pub mod objective;
-pub mod optim;
-pub mod plot;
-pub mod rewards;
-pub mod rollout;
-pub mod synth;
-pub mod tokenizer;
-pub mod train;
-pub mod weights;
+pub mod rl;
+pub mod run;
+pub mod sft;
 
-pub use config::SftConfig;
+pub use io::tokenizer::Tok;
 pub use model::{KvCache, LoraConfig, Qwen2, Qwen2Config};
-pub use tokenizer::Tok;
+pub use rl::GrpoConfig;
+pub use run::RunOptions;
+pub use sft::SftConfig;

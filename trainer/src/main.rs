@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use reckon_trainer::{bench, data, train, SftConfig};
+use reckon_trainer::io::jsonl::write_jsonl;
+use reckon_trainer::run::bench;
+use reckon_trainer::run::config::{ComputeDtype, DeviceChoice};
+use reckon_trainer::sft::data;
+use reckon_trainer::{GrpoConfig, RunOptions, SftConfig};
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +101,7 @@ enum Cmd {
         which: DataCmd,
     },
     /// Training-step throughput, memory and MFU against this machine's
-    /// measured f32 matmul peak, for a tiny and a 0.5B-shaped model (random
+    /// measured matmul peak (in the compute type), for a tiny and a 0.5B-shaped model (random
     /// weights). FLOPs count what a step needs: 6N per token for full
     /// fine-tuning, 4N for a frozen base with LoRA (plus the adapters), the
     /// LM head only on rows with loss, plus attention.
@@ -126,12 +130,16 @@ enum Cmd {
         #[arg(long, default_value_t = 2048)]
         micro_batch_tokens: usize,
         /// Peak FLOP/s for MFU, in GFLOP/s (default: measured here, the best
-        /// of five 2048² f32 products through the model's matmul path).
+        /// of five 2048² products in the compute type through the model's matmul path).
         #[arg(long)]
         peak_gflops: Option<f64>,
-        /// `cpu` or `cuda`.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Where to run: `cpu`, `cuda` (needs `--features cuda`), or `auto`.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceChoice,
+        /// Compute type: `auto` (bf16 on CUDA, f32 on the CPU), `f32`, or
+        /// `bf16`/`f16` (CUDA only). MFU is against a matmul peak measured in it.
+        #[arg(long, value_enum, default_value = "auto")]
+        dtype: ComputeDtype,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -159,8 +167,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn options(&self) -> train::RunOptions {
-        train::RunOptions { out: self.out.clone(), fresh: self.fresh, stop_after: self.stop_after, progress: !self.json }
+    fn options(&self) -> RunOptions {
+        RunOptions { out: self.out.clone(), fresh: self.fresh, stop_after: self.stop_after, progress: !self.json }
     }
 }
 
@@ -220,7 +228,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Sft(args) => {
             let cfg = SftConfig::load(&args.config)?;
-            let o = train::run_sft(&cfg, &args.options())?;
+            let o = reckon_trainer::sft::run_sft(&cfg, &args.options())?;
             let (out, json) = (args.out, args.json);
             if json {
                 println!(
@@ -247,8 +255,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Grpo(args) => {
-            let cfg = reckon_trainer::config::GrpoConfig::load(&args.config)?;
-            let rows = reckon_trainer::grpo::run_grpo(&cfg, &args.options())?;
+            let cfg = GrpoConfig::load(&args.config)?;
+            let rows = reckon_trainer::rl::run_grpo(&cfg, &args.options())?;
             let out = args.out;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -265,11 +273,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Export { checkpoint, out, file_type, adapter, force, threads, name, license, json } => {
             let file_type = file_type.unwrap_or_else(|| if adapter { "f16" } else { "q4_k_m" }.to_string());
-            let opts = reckon_trainer::export::ExportOptions { out, file_type, force, threads, name, license };
+            let opts = reckon_trainer::io::export::ExportOptions { out, file_type, force, threads, name, license };
             let r = if adapter {
-                reckon_trainer::export::export_adapter(&checkpoint, &opts)?
+                reckon_trainer::io::export::export_adapter(&checkpoint, &opts)?
             } else {
-                reckon_trainer::export::export(&checkpoint, &opts)?
+                reckon_trainer::io::export::export(&checkpoint, &opts)?
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({"path": r.path, "type": r.file_type, "bytes": r.bytes, "seconds": r.seconds}))?);
@@ -278,11 +286,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Slim { checkpoint, out } => {
-            let dir = reckon_trainer::checkpoint::slim(&checkpoint, &out)?;
+            let dir = reckon_trainer::io::checkpoint::slim(&checkpoint, &out)?;
             println!("{} without optimizer state: {}", checkpoint.display(), dir.display());
         }
         Cmd::Import { model, out } => {
-            let dir = reckon_trainer::export::import(&model, &out)?;
+            let dir = reckon_trainer::io::export::import(&model, &out)?;
             println!("imported {} as {}", model.display(), dir.display());
         }
         Cmd::Data { which: DataCmd::Gsm8k { input, out, limit } } => {
@@ -290,12 +298,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(n) = limit {
                 recs.truncate(n);
             }
-            train::write_metrics(&out, &recs).with_context(|| format!("cannot write {}", out.display()))?;
+            write_jsonl(&out, &recs)?;
             println!("{} SFT records written to {}", recs.len(), out.display());
         }
         Cmd::Data { which: DataCmd::Gsm8kLong { input, out, offset, limit, seed } } => {
-            let (recs, stats) = reckon_trainer::longtrace::gsm8k_long(&input, seed, offset, limit)?;
-            train::write_metrics(&out, &recs).with_context(|| format!("cannot write {}", out.display()))?;
+            let (recs, stats) = reckon_trainer::sft::longtrace::gsm8k_long(&input, seed, offset, limit)?;
+            write_jsonl(&out, &recs)?;
             let stats_path = out.with_extension("stats.json");
             std::fs::write(&stats_path, serde_json::to_string_pretty(&stats)?).with_context(|| format!("cannot write {}", stats_path.display()))?;
             println!(
@@ -311,11 +319,11 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("statistics in {}", stats_path.display());
         }
-        Cmd::Bench { shapes, mode, lora, batch, seq_len, steps, micro_batch_tokens, peak_gflops, device, json } => {
-            let dev = train::device(&device)?;
+        Cmd::Bench { shapes, mode, lora, batch, seq_len, steps, micro_batch_tokens, peak_gflops, device, dtype, json } => {
+            let dev = device.open()?;
             let peak = match peak_gflops {
                 Some(g) => g * 1e9,
-                None => bench::sgemm_peak(2048, &dev)?,
+                None => bench::matmul_peak(2048, dtype.resolve(&dev)?, &dev)?,
             };
             let mut rows = Vec::new();
             for s in &shapes {
@@ -324,19 +332,20 @@ fn run(cli: Cli) -> Result<()> {
                     "0.5b" => bench::qwen2_5_0_5b_config(),
                     other => anyhow::bail!("unknown shape '{other}' (tiny, 0.5b)"),
                 };
-                let spec = bench::BenchSpec { shape: s.clone(), config, mode, lora_rank: lora, batch, seq_len, steps, micro_batch_tokens };
+                let spec = bench::BenchSpec { shape: s.clone(), config, mode, lora_rank: lora, batch, seq_len, steps, micro_batch_tokens, dtype };
                 rows.push(bench::bench(&spec, peak, &dev)?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "peak_flops": peak, "rows": rows }))?);
             } else {
-                println!("| shape | mode | LoRA | params | batch×seq | step s | trained tok/s | GFLOP/s | MFU | peak RSS |");
-                println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+                println!("| shape | mode | dtype | LoRA | params | batch×seq | step s | trained tok/s | GFLOP/s | MFU | peak RSS |");
+                println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
                 for r in &rows {
                     println!(
-                        "| {} | {:?} | {} | {:.1}M | {}×{} | {:.3} | {:.1} | {:.1} | {:.1}% | {:.0} MiB |",
+                        "| {} | {:?} | {} | {} | {:.1}M | {}×{} | {:.3} | {:.1} | {:.1} | {:.1}% | {:.0} MiB |",
                         r.shape,
                         r.mode,
+                        r.dtype,
                         r.lora_rank.map_or("full".into(), |k| format!("r={k}")),
                         r.params as f64 / 1e6,
                         r.batch,
@@ -348,7 +357,10 @@ fn run(cli: Cli) -> Result<()> {
                         r.peak_rss_mib
                     );
                 }
-                println!("peak measured: {:.1} GFLOP/s f32 matmul ({} threads)", peak / 1e9, rows.first().map_or(0, |r| r.threads));
+                match rows.first() {
+                    Some(r) => println!("peak: {:.1} GFLOP/s {} matmul on {} ({} threads)", peak / 1e9, r.dtype, r.device, r.threads),
+                    None => println!("peak: {:.1} GFLOP/s", peak / 1e9),
+                }
             }
         }
     }

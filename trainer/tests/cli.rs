@@ -63,7 +63,7 @@ fn data_gsm8k_long_writes_long_traces_and_their_length_statistics() {
 fn sft_runs_from_the_command_line_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
-    common::write_sft(&data, &reckon_trainer::synth::arithmetic(6, 3, false));
+    common::write_sft(&data, &reckon_trainer::sft::synth::arithmetic(6, 3, false));
     let cfg = common::sft_config(dir.path(), &data, "[train]\nsteps = 4\nbatch_size = 2\ngrad_accum = 1\nseed = 0\n[checkpoint]\nevery = 2\n");
     let run = |extra: &[&str]| {
         let o = bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("run")).arg("--json").args(extra).output().unwrap();
@@ -83,7 +83,7 @@ fn sft_runs_from_the_command_line_and_resumes() {
 fn a_real_kill_mid_run_resumes_to_the_same_losses() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("train.jsonl");
-    common::write_sft(&data, &reckon_trainer::synth::arithmetic(24, 5, true));
+    common::write_sft(&data, &reckon_trainer::sft::synth::arithmetic(24, 5, true));
     let cfg = common::sft_config(dir.path(), &data, "[train]\nsteps = 40\nbatch_size = 4\ngrad_accum = 1\nseed = 9\n[optim]\nlr = 2e-3\n[checkpoint]\nevery = 1\nkeep_last = 2\n");
     let run = |out: &str| bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join(out)).arg("--json").output().unwrap();
     assert!(run("whole").status.success());
@@ -93,7 +93,7 @@ fn a_real_kill_mid_run_resumes_to_the_same_losses() {
     let ckpts = dir.path().join("killed/checkpoints");
     let mut child = bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("killed")).arg("--json").spawn().unwrap();
     let t0 = std::time::Instant::now();
-    while reckon_trainer::checkpoint::list(&ckpts).unwrap().last().map_or(0, |c| c.0) < 5 {
+    while reckon_trainer::io::checkpoint::list(&ckpts).unwrap().last().map_or(0, |c| c.0) < 5 {
         assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -103,8 +103,8 @@ fn a_real_kill_mid_run_resumes_to_the_same_losses() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(out["resumed_from"].as_u64().unwrap() >= 5, "{out}");
-    let a: Vec<reckon_trainer::train::StepMetrics> = reckon_trainer::train::read_metrics(&dir.path().join("whole/metrics.jsonl")).unwrap();
-    let b: Vec<reckon_trainer::train::StepMetrics> = reckon_trainer::train::read_metrics(&dir.path().join("killed/metrics.jsonl")).unwrap();
+    let a: Vec<reckon_trainer::sft::StepMetrics> = reckon_trainer::run::session::read_metrics(&dir.path().join("whole/metrics.jsonl")).unwrap();
+    let b: Vec<reckon_trainer::sft::StepMetrics> = reckon_trainer::run::session::read_metrics(&dir.path().join("killed/metrics.jsonl")).unwrap();
     assert_eq!(b.iter().map(|m| m.step).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {}", x.step);

@@ -11,9 +11,12 @@ use std::process::Command;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use reckon::engine::{Engine, EngineOptions};
 use reckon::gguf::GgufFile;
-use reckon_trainer::export::{export, export_adapter, import, ExportOptions};
-use reckon_trainer::train::{run_sft, RunOptions};
-use reckon_trainer::{checkpoint, synth, weights, KvCache, Qwen2, SftConfig};
+use reckon_trainer::io::export::{export, export_adapter, import, ExportOptions};
+use reckon_trainer::sft::run_sft;
+use reckon_trainer::RunOptions;
+use reckon_trainer::io::{checkpoint, weights};
+use reckon_trainer::sft::synth;
+use reckon_trainer::{KvCache, Qwen2, SftConfig};
 
 fn opts(out: &Path, ty: &str) -> ExportOptions {
     ExportOptions { out: out.to_path_buf(), file_type: ty.into(), force: false, threads: 2, name: None, license: "apache-2.0".into() }
@@ -137,9 +140,9 @@ fn tiny_export_matches_the_runtime_in_every_type() {
     let engine = Engine::load(&f32_path, EngineOptions::default()).unwrap();
     assert_eq!(engine.format(), reckon::ThinkFormat::S1, "a trained model exports the s1 template");
     let recs = synth::arithmetic(3, 99, false);
-    let prompt = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &recs[0].question).unwrap();
+    let prompt = reckon_trainer::sft::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &recs[0].question).unwrap();
     for q in &recs {
-        let p = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &q.question).unwrap();
+        let p = reckon_trainer::sft::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &q.question).unwrap();
         let gap = logit_gap(&model, &engine, &p);
         assert!(gap < 1e-3, "relative logit gap {gap:e}");
     }
@@ -271,11 +274,11 @@ fn default_model_round_trips_through_the_trainer() {
     let engine = Engine::load(&f32_path, EngineOptions::default()).unwrap();
     let qs = gsm8k_questions(20);
     for q in &qs[..2] {
-        let seq = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, q).unwrap();
+        let seq = reckon_trainer::sft::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, q).unwrap();
         let gap = logit_gap(&model, &engine, &seq);
         assert!(gap < 1e-3, "relative logit gap {gap:e}");
     }
-    let prompt = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &qs[0]).unwrap();
+    let prompt = reckon_trainer::sft::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &qs[0]).unwrap();
     assert_eq!(trainer_greedy(&model, &prompt, 64), runtime_greedy(&engine, &prompt, 64), "64 greedy tokens");
     drop((model, engine));
     std::fs::remove_file(&f32_path).unwrap();
@@ -392,13 +395,13 @@ fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
     let plain = Engine::load(&base, EngineOptions::default()).unwrap();
     assert_eq!(with.format(), reckon::ThinkFormat::S1, "the adapter's s1 template is used");
     for q in synth::arithmetic(3, 77, false) {
-        let p = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &q.question).unwrap();
+        let p = reckon_trainer::sft::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, &q.question).unwrap();
         let gap = runtime_gap(&with, &merged_engine, &p);
         assert!(gap < 1e-4, "base + adapter vs merged: relative logit gap {gap:e}");
         let moved = runtime_gap(&plain, &merged_engine, &p);
         assert!(moved > 1e-2, "the adapter barely changes the model ({moved:e}): the test would prove nothing");
     }
-    let prompt = reckon_trainer::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, "What is 7 + 5?").unwrap();
+    let prompt = reckon_trainer::sft::data::prompt_tokens(&tok, reckon::format::DEFAULT_SYSTEM_PROMPT, "What is 7 + 5?").unwrap();
     assert_eq!(runtime_greedy(&with, &prompt, 64), runtime_greedy(&merged_engine, &prompt, 64), "64 greedy tokens");
     let off = Engine::load(&base, EngineOptions { adapter: Some(adapter.clone()), adapter_scale: 0.0, ..EngineOptions::default() }).unwrap();
     assert!(runtime_gap(&off, &plain, &prompt) < 1e-6, "scale 0 is the base model");
@@ -413,14 +416,14 @@ fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
     assert!(runtime_gap(&swapped, &merged_engine, &prompt) < 1e-4, "swapped in");
     assert!(swapped.set_adapter(Some(&merged), 1.0).is_err(), "a model is not an adapter");
     assert!(runtime_gap(&swapped, &merged_engine, &prompt) < 1e-4, "a refused adapter leaves the current one");
-    let ck = reckon_trainer::checkpoint::load(&lora_ck).unwrap();
+    let ck = reckon_trainer::io::checkpoint::load(&lora_ck).unwrap();
     let lora = ck.state.lora.clone().unwrap();
-    let halves = reckon_trainer::export::adapter_pairs(&ck.model_config, &ck.tensors, lora.rank, 0.5 * lora.alpha / lora.rank as f64).unwrap();
-    let both = reckon_trainer::export::concat_adapters(&halves, &halves).unwrap();
+    let halves = reckon_trainer::io::export::adapter_pairs(&ck.model_config, &ck.tensors, lora.rank, 0.5 * lora.alpha / lora.rank as f64).unwrap();
+    let both = reckon_trainer::io::export::concat_adapters(&halves, &halves).unwrap();
     assert_eq!(both[0].1.dim(0).unwrap(), 2 * lora.rank);
     let stacked = dir.path().join("stacked-f32.gguf");
-    let prov = reckon_trainer::export::Provenance { name: "stacked".into(), base_model: "tiny".into(), recipe: "test".into(), license: "mit".into() };
-    reckon_trainer::export::write_adapter(&stacked, &both, false, &prov).unwrap();
+    let prov = reckon_trainer::io::export::Provenance { name: "stacked".into(), base_model: "tiny".into(), recipe: "test".into(), license: "mit".into() };
+    reckon_trainer::io::export::write_adapter(&stacked, &both, false, &prov).unwrap();
     for _ in 0..3 {
         swapped.set_adapter(Some(&stacked), 1.0).unwrap();
     }

@@ -8,7 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use reckon::engine::{Engine, EngineOptions};
 use reckon::gguf::GgufFile;
 use reckon::models::{self, ModelSpec};
-use reckon_trainer::{weights, KvCache, Qwen2, Tok};
+use reckon_trainer::io::weights;
+use reckon_trainer::{KvCache, Qwen2, Tok};
 
 fn model_path() -> PathBuf {
     models::ensure_model(&ModelSpec::default_model(), &models::models_dir(), None, false).expect("the default model can be fetched and verified")

@@ -7,9 +7,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use reckon_trainer::grpo::{evaluate, read_problems, run_grpo, GrpoMetrics, Problem};
-use reckon_trainer::train::{read_metrics, run_sft, RunOptions};
-use reckon_trainer::{synth, weights, Qwen2, SftConfig};
+use reckon_trainer::rl::grpo::{evaluate, read_problems, run_grpo, GrpoMetrics, Problem};
+use reckon_trainer::run::session::read_metrics;
+use reckon_trainer::sft::run_sft;
+use reckon_trainer::RunOptions;
+use reckon_trainer::io::weights;
+use reckon_trainer::sft::synth;
+use reckon_trainer::{Qwen2, SftConfig};
 
 const BUDGET: &str = "[rollout.budget]\nmin_thinking_tokens = 0\nmax_thinking_tokens = 96\nmax_answer_tokens = 12\n";
 
@@ -66,14 +70,14 @@ fn ends_with_its_own_end_of_turn(source: &Path, problems: &[Problem]) {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let model = Qwen2::from_tensors(src.config, src.tensors, None, &mut rng, &candle_core::Device::Cpu).unwrap();
     let budget = reckon::BudgetConfig { min_thinking_tokens: 0, max_thinking_tokens: 400, max_answer_tokens: 32, max_extensions: None, max_thinking_ms: None };
-    let pieces = reckon_trainer::rollout::Pieces::new(&src.tok);
-    let delims = reckon_trainer::rollout::s1_delimiters(&src.tok).unwrap();
-    let greedy = reckon_trainer::rollout::Sampling { temperature: 0.0, top_p: 1.0 };
+    let pieces = reckon_trainer::rl::rollout::Pieces::new(&src.tok);
+    let delims = reckon_trainer::rl::rollout::s1_delimiters(&src.tok).unwrap();
+    let greedy = reckon_trainer::rl::rollout::Sampling { temperature: 0.0, top_p: 1.0 };
     let im_end = src.tok.id("<|im_end|>");
     let mut ended = 0;
     for p in problems {
-        let prompt = reckon_trainer::data::prompt_tokens(&src.tok, "", &p.question).unwrap();
-        let r = reckon_trainer::rollout::rollout(&model, &pieces, &delims, &budget, &prompt, &greedy, &mut rng).unwrap();
+        let prompt = reckon_trainer::sft::data::prompt_tokens(&src.tok, "", &p.question).unwrap();
+        let r = reckon_trainer::rl::rollout::rollout(&model, &pieces, &delims, &budget, &prompt, &greedy, &mut rng).unwrap();
         if r.tokens.last().copied() == im_end {
             assert!(r.generated.last().copied().unwrap(), "the end-of-turn token is the model's");
             assert_eq!(r.tokens.iter().filter(|t| Some(**t) == im_end).count(), 1, "recorded once");
@@ -96,16 +100,16 @@ fn length_penalty_cuts_tokens_without_losing_accuracy() {
     ends_with_its_own_end_of_turn(&sft, &held_out[..5]);
 
     let with = grpo_config(d, "with", &sft, &train, "{ kind = \"kimi\" }");
-    let cfg = reckon_trainer::config::GrpoConfig::load(&with).unwrap();
+    let cfg = reckon_trainer::GrpoConfig::load(&with).unwrap();
     let rows = run_grpo(&cfg, &RunOptions { out: d.join("with"), ..Default::default() }).unwrap();
-    let ck_with = reckon_trainer::checkpoint::list(&d.join("with/checkpoints")).unwrap().pop().unwrap().1;
+    let ck_with = reckon_trainer::io::checkpoint::list(&d.join("with/checkpoints")).unwrap().pop().unwrap().1;
     let (acc1, len1) = eval(&ck_with, &held_out);
     eprintln!("GRPO + length: accuracy {acc1:.3}, mean length {len1:.1}; train curve {:?}", rows.iter().map(|m| (m.mean_length as i64, (m.accuracy * 100.0) as i64)).collect::<Vec<_>>());
 
     let without = grpo_config(d, "without", &sft, &train, "{ kind = \"none\" }");
-    let cfg = reckon_trainer::config::GrpoConfig::load(&without).unwrap();
+    let cfg = reckon_trainer::GrpoConfig::load(&without).unwrap();
     run_grpo(&cfg, &RunOptions { out: d.join("without"), ..Default::default() }).unwrap();
-    let ck_without = reckon_trainer::checkpoint::list(&d.join("without/checkpoints")).unwrap().pop().unwrap().1;
+    let ck_without = reckon_trainer::io::checkpoint::list(&d.join("without/checkpoints")).unwrap().pop().unwrap().1;
     let (acc2, len2) = eval(&ck_without, &held_out);
     eprintln!("GRPO no length: accuracy {acc2:.3}, mean length {len2:.1}");
     // Keep the figures (curves, metrics, table) where a person can look.
@@ -162,7 +166,7 @@ fn grpo_resumes_exactly_and_masks_injected_tokens() {
         .replace("epsilon = 0.2\n", "epsilon = 0.2\nbeta = 0.05\n")
         .replace("[checkpoint]\nevery = 100", "[checkpoint]\nevery = 2");
     std::fs::write(&cfg_path, text).unwrap();
-    let cfg = reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap();
+    let cfg = reckon_trainer::GrpoConfig::load(&cfg_path).unwrap();
     let whole = run_grpo(&cfg, &RunOptions { out: d.join("whole"), ..Default::default() }).unwrap();
     run_grpo(&cfg, &RunOptions { out: d.join("split"), stop_after: Some(1), ..Default::default() }).unwrap();
     run_grpo(&cfg, &RunOptions { out: d.join("split"), ..Default::default() }).unwrap();
@@ -182,11 +186,11 @@ fn grpo_resumes_exactly_and_masks_injected_tokens() {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let model = Qwen2::from_tensors(src.config, src.tensors, None, &mut rng, &candle_core::Device::Cpu).unwrap();
     let budget = reckon::BudgetConfig { min_thinking_tokens: 0, max_thinking_tokens: 6, max_answer_tokens: 8, max_extensions: None, max_thinking_ms: None };
-    let prompt = reckon_trainer::data::prompt_tokens(&src.tok, "", &problems(1, 9)[0].question).unwrap();
-    let pieces = reckon_trainer::rollout::Pieces::new(&src.tok);
-    let delims = reckon_trainer::rollout::s1_delimiters(&src.tok).unwrap();
-    let greedy = reckon_trainer::rollout::Sampling { temperature: 0.0, top_p: 1.0 };
-    let r = reckon_trainer::rollout::rollout(&model, &pieces, &delims, &budget, &prompt, &greedy, &mut rng).unwrap();
+    let prompt = reckon_trainer::sft::data::prompt_tokens(&src.tok, "", &problems(1, 9)[0].question).unwrap();
+    let pieces = reckon_trainer::rl::rollout::Pieces::new(&src.tok);
+    let delims = reckon_trainer::rl::rollout::s1_delimiters(&src.tok).unwrap();
+    let greedy = reckon_trainer::rl::rollout::Sampling { temperature: 0.0, top_p: 1.0 };
+    let r = reckon_trainer::rl::rollout::rollout(&model, &pieces, &delims, &budget, &prompt, &greedy, &mut rng).unwrap();
     assert_eq!(r.think_end, Some(reckon::budget::ThinkEnd::TokenCap));
     assert!(r.answer.contains("Final Answer:"), "{:?}", r.answer);
     let injected = r.generated.iter().filter(|g| !**g).count();
@@ -210,11 +214,11 @@ fn bad_grpo_settings_are_refused() {
         ("min_thinking_tokens = 0", "min_thinking_tokens = 200", "rollout.budget"),
     ] {
         std::fs::write(&base, text.replace(from, to)).unwrap();
-        let e = format!("{:#}", reckon_trainer::config::GrpoConfig::load(&base).err().expect(to));
+        let e = format!("{:#}", reckon_trainer::GrpoConfig::load(&base).err().expect(to));
         assert!(e.contains(needle), "{to}: {e}");
     }
     std::fs::write(&base, &text).unwrap();
-    let cfg = reckon_trainer::config::GrpoConfig::load(&base).unwrap();
+    let cfg = reckon_trainer::GrpoConfig::load(&base).unwrap();
     let e = format!("{:#}", run_grpo(&cfg, &RunOptions { out: d.join("o"), ..Default::default() }).err().unwrap());
     assert!(e.contains("/nonexistent/ckpt"), "{e}");
     std::fs::write(&train, "{\"question\": \"q\"}\n").unwrap();
@@ -228,8 +232,8 @@ fn bad_grpo_settings_are_refused() {
 /// every aggregation.
 #[test]
 fn micro_batched_gradients_equal_one_big_batch() {
-    use reckon_trainer::grpo::{policy_gradients, Scored};
-    use reckon_trainer::objective::Aggregation;
+    use reckon_trainer::rl::grpo::{policy_gradients, Scored};
+    use reckon_trainer::rl::objective::Aggregation;
     let (tiny, _) = common::tiny(7);
     let all = reckon_trainer::model::LORA_TARGETS.iter().map(|s| s.to_string()).collect();
     let lora = reckon_trainer::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: all };
@@ -258,12 +262,12 @@ fn micro_batched_gradients_equal_one_big_batch() {
     let dir = tempfile::tempdir().unwrap();
     let train = dir.path().join("p.jsonl");
     write_problems(&train, &problems(4, 1));
-    let base = reckon_trainer::config::GrpoConfig::load(&grpo_config(dir.path(), "m", Path::new("ckpt"), &train, "{ kind = \"none\" }")).unwrap();
+    let base = reckon_trainer::GrpoConfig::load(&grpo_config(dir.path(), "m", Path::new("ckpt"), &train, "{ kind = \"none\" }")).unwrap();
     for aggregation in [Aggregation::Grpo, Aggregation::Dapo, Aggregation::DrGrpo] {
         let mut cfg = base.clone();
         cfg.objective.aggregation = aggregation;
         cfg.objective.beta = 0.1;
-        cfg.rollout.sampling = reckon_trainer::rollout::Sampling { temperature: 0.8, top_p: 0.95 };
+        cfg.rollout.sampling = reckon_trainer::rl::rollout::Sampling { temperature: 0.8, top_p: 0.95 };
         cfg.train.micro_batch_tokens = 100_000;
         let (big, one) = policy_gradients(&model, Some(&reference), &seqs, &cfg, 0, &mut rng).unwrap();
         cfg.train.micro_batch_tokens = 40;
@@ -292,8 +296,8 @@ fn engine_rollouts_cut_length_without_losing_accuracy() {
     let d = dir.path();
     let sft = sft_verbose(d);
     let gguf = d.join("sft-f32.gguf");
-    let opts = reckon_trainer::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
-    reckon_trainer::export::export(&sft, &opts).unwrap();
+    let opts = reckon_trainer::io::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    reckon_trainer::io::export::export(&sft, &opts).unwrap();
     let train = d.join("train.jsonl");
     write_problems(&train, &problems(200, 41));
     let held_out = problems(40, 77);
@@ -303,13 +307,13 @@ fn engine_rollouts_cut_length_without_losing_accuracy() {
     let full = std::fs::read_to_string(&cfg_path).unwrap().replace("[rollout]\n", "[rollout]\nbackend = \"engine\"\n").replace("[optim]\nlr = 1e-4", "[optim]\nlr = 2e-3");
     // Full fine-tuning would write and reload a whole model every step.
     std::fs::write(&cfg_path, &full).unwrap();
-    let e = run_grpo(&reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("full"), ..Default::default() }).err().expect("refused");
+    let e = run_grpo(&reckon_trainer::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("full"), ..Default::default() }).err().expect("refused");
     assert!(format!("{e:#}").contains("needs [lora]"), "{e:#}");
     let text = full + "[lora]\nrank = 8\nalpha = 16.0\ntargets = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]\n";
     std::fs::write(&cfg_path, text).unwrap();
-    let cfg = reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap();
+    let cfg = reckon_trainer::GrpoConfig::load(&cfg_path).unwrap();
     let rows = run_grpo(&cfg, &RunOptions { out: d.join("engine"), ..Default::default() }).unwrap();
-    let ck = reckon_trainer::checkpoint::list(&d.join("engine/checkpoints")).unwrap().pop().unwrap().1;
+    let ck = reckon_trainer::io::checkpoint::list(&d.join("engine/checkpoints")).unwrap().pop().unwrap().1;
     let (acc1, len1) = eval(&ck, &held_out);
     eprintln!(
         "engine rollouts: SFT accuracy {acc0:.3} length {len0:.1} → GRPO accuracy {acc1:.3} length {len1:.1}; mismatch mean/max/k3 {:?}; rollout tok/s {:?}",
@@ -334,8 +338,8 @@ fn grpo_continues_the_sft_adapters_on_their_base() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let gguf = d.join("base-f32.gguf");
-    let opts = reckon_trainer::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
-    reckon_trainer::export::export(&quick_sft(d), &opts).unwrap();
+    let opts = reckon_trainer::io::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    reckon_trainer::io::export::export(&quick_sft(d), &opts).unwrap();
     let lora = "[lora]\nrank = 4\nalpha = 8.0\ntargets = [\"q_proj\", \"v_proj\", \"up_proj\", \"down_proj\"]\n";
     let data = d.join("v.jsonl");
     let sft_cfg = d.join("lora-sft.toml");
@@ -354,16 +358,16 @@ fn grpo_continues_the_sft_adapters_on_their_base() {
         .replace("[rollout]\n", "[rollout]\nbackend = \"engine\"\n")
         .replace("steps = 30\nprompts_per_step = 4", "steps = 2\nprompts_per_step = 2");
     std::fs::write(&cfg_path, format!("{base_text}{}", lora.replace("rank = 4\nalpha = 8.0", "rank = 8\nalpha = 8.0"))).unwrap();
-    let e = run_grpo(&reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("wrong"), ..Default::default() }).err().expect("another rank is refused");
+    let e = run_grpo(&reckon_trainer::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("wrong"), ..Default::default() }).err().expect("another rank is refused");
     assert!(format!("{e:#}").contains("must match"), "{e:#}");
 
     std::fs::write(&cfg_path, format!("{base_text}{lora}")).unwrap();
-    let rows = run_grpo(&reckon_trainer::config::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("cont"), ..Default::default() }).unwrap();
+    let rows = run_grpo(&reckon_trainer::GrpoConfig::load(&cfg_path).unwrap(), &RunOptions { out: d.join("cont"), ..Default::default() }).unwrap();
     assert_eq!(rows.len(), 2);
     eprintln!("continued adapters: mismatch mean/max {:?}", rows.iter().map(|m| (m.mismatch_mean, m.mismatch_max)).collect::<Vec<_>>());
     assert!(rows.iter().all(|m| m.mismatch_mean > 0.0 && m.mismatch_mean < 0.05), "the engine holds the trainer's weights");
-    let ck = reckon_trainer::checkpoint::list(&d.join("cont/checkpoints")).unwrap().pop().unwrap().1;
-    let stored = reckon_trainer::checkpoint::load_stored(&ck).unwrap();
+    let ck = reckon_trainer::io::checkpoint::list(&d.join("cont/checkpoints")).unwrap().pop().unwrap().1;
+    let stored = reckon_trainer::io::checkpoint::load_stored(&ck).unwrap();
     assert_eq!(stored.state.source, gguf.display().to_string(), "the adapter applies to the SFT run's base");
     assert_eq!(stored.state.continued_from.as_deref(), Some(sft.display().to_string().as_str()));
     let a = stored.tensors.get("model.layers.0.self_attn.q_proj.lora_A.weight").expect("adapters stored");
@@ -371,7 +375,7 @@ fn grpo_continues_the_sft_adapters_on_their_base() {
     assert!(stored.tensors.keys().all(|k| k.contains(".lora_")));
     // The exported adapter names the GGUF as its base.
     let out = d.join("rl.gguf");
-    let eo = reckon_trainer::export::ExportOptions { out: out.clone(), file_type: "f16".into(), force: false, threads: 2, name: None, license: "mit".into() };
-    let rep = reckon_trainer::export::export_adapter(&ck, &eo).unwrap();
+    let eo = reckon_trainer::io::export::ExportOptions { out: out.clone(), file_type: "f16".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    let rep = reckon_trainer::io::export::export_adapter(&ck, &eo).unwrap();
     assert!(format!("{:?}", rep.metadata).contains("base-f32.gguf"), "{:?}", rep.metadata);
 }

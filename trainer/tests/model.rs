@@ -11,10 +11,11 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use reckon_trainer::data::{make_batch, Example};
+use reckon_trainer::sft::data::{make_batch, Example};
 use reckon_trainer::model::{LoraConfig, Qwen2, Qwen2Config};
-use reckon_trainer::train::{accumulate, sft_loss};
-use reckon_trainer::weights;
+use reckon_trainer::run::session::accumulate;
+use reckon_trainer::sft::train::sft_loss;
+use reckon_trainer::io::weights;
 
 fn tokens(n: usize, vocab: usize, seed: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 31 + seed * 17 + 5) % vocab) as u32).collect()
@@ -34,7 +35,7 @@ fn perturbed(model: &Qwen2, _seed: u64) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-fn batch_of(seqs: &[Vec<u32>]) -> reckon_trainer::data::Batch {
+fn batch_of(seqs: &[Vec<u32>]) -> reckon_trainer::sft::data::Batch {
     let ex: Vec<Example> = seqs.iter().map(|s| Example { ids: s.clone(), trained: vec![1; s.len()] }).collect();
     let refs: Vec<&Example> = ex.iter().collect();
     make_batch(&refs, 0, &Device::Cpu).unwrap()
@@ -168,7 +169,7 @@ fn lora_trains_only_adapters_and_merging_keeps_the_logits() {
     assert!(params.iter().all(|(n, _)| n.contains(".lora_")));
     let v = model.config.vocab_size;
     let b = batch_of(&[tokens(10, v, 1), tokens(8, v, 2)]);
-    let mut opt = reckon_trainer::optim::AdamW::new(reckon_trainer::config::OptimConfig { lr: 1e-2, ..Default::default() });
+    let mut opt = reckon_trainer::run::optim::AdamW::new(reckon_trainer::run::config::OptimConfig { lr: 1e-2, ..Default::default() });
     for _ in 0..3 {
         let loss = sft_loss(&model, &b, b.n_loss_tokens, Some(&mut rng)).unwrap();
         let mut grads = BTreeMap::new();
@@ -293,7 +294,7 @@ fn cpu_kernels_give_the_primitive_paths_loss_and_gradients() {
 
 #[test]
 fn objective_logprobs_are_the_samplers_own_probabilities() {
-    use reckon_trainer::rollout::{sample, sampling_distribution, Sampling};
+    use reckon_trainer::rl::rollout::{sample, sampling_distribution, Sampling};
     let (fast, slow) = fast_and_reference(None);
     let v = fast.config.vocab_size;
     let seq = tokens(12, v, 7);

@@ -3,9 +3,12 @@
 
 mod common;
 
-use reckon_trainer::synth;
-use reckon_trainer::train::{read_metrics, run_sft, RunOptions, StepMetrics};
-use reckon_trainer::{checkpoint, SftConfig};
+use reckon_trainer::sft::synth;
+use reckon_trainer::run::session::read_metrics;
+use reckon_trainer::sft::{run_sft, StepMetrics};
+use reckon_trainer::RunOptions;
+use reckon_trainer::io::checkpoint;
+use reckon_trainer::SftConfig;
 
 fn opts(out: &std::path::Path) -> RunOptions {
     RunOptions { out: out.to_path_buf(), ..Default::default() }
@@ -90,8 +93,8 @@ fn adapter_only_checkpoints_pin_their_base_and_resume_exactly() {
     let base_cfg = resume_config(d, "");
     let first = run_sft(&base_cfg, &RunOptions { stop_after: Some(1), ..opts(&d.join("base")) }).unwrap();
     let gguf = d.join("base.gguf");
-    let eopts = reckon_trainer::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
-    reckon_trainer::export::export(&first.checkpoint.unwrap(), &eopts).unwrap();
+    let eopts = reckon_trainer::io::export::ExportOptions { out: gguf.clone(), file_type: "f32".into(), force: false, threads: 2, name: None, license: "mit".into() };
+    reckon_trainer::io::export::export(&first.checkpoint.unwrap(), &eopts).unwrap();
     let cfg_path = d.join("lora.toml");
     std::fs::write(
         &cfg_path,

@@ -25,10 +25,33 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{LoraConfig, Qwen2Config};
-use crate::tokenizer::Tok;
+use crate::io::tokenizer::Tok;
 
 const FORMAT: &str = "reckon-trainer-checkpoint/1";
 const FILES: &[&str] = &["model.safetensors", "optimizer.safetensors", "state.json", "config.json", "tokenizer.json"];
+
+/// The trainer stage that wrote a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Supervised fine-tuning.
+    Sft,
+    /// Reinforcement learning (GRPO).
+    Grpo,
+    /// A model imported from GGUF, untrained.
+    Import,
+}
+
+impl Stage {
+    /// Its name in files and progress bars.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sft => "sft",
+            Self::Grpo => "grpo",
+            Self::Import => "import",
+        }
+    }
+}
 
 /// What a checkpoint records besides tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,8 +69,8 @@ pub struct TrainState {
     /// The training config that produced it (TOML as JSON), for provenance
     /// and for checking that a resume uses the same settings.
     pub run_config: serde_json::Value,
-    /// Which trainer stage wrote it (`sft`, `grpo`).
-    pub stage: String,
+    /// Which trainer stage wrote it.
+    pub stage: Stage,
     /// Wall-clock seconds of training so far.
     pub elapsed_s: f64,
     /// Tokens trained on so far.
@@ -147,7 +170,7 @@ fn content_sum(path: &Path) -> Result<FileSum> {
 
 impl TrainState {
     /// Step 0 of a run of `stage`.
-    pub fn fresh(stage: &str, lora: Option<LoraConfig>, run_config: serde_json::Value, source: &str, rng: &ChaCha8Rng) -> Self {
+    pub fn fresh(stage: Stage, lora: Option<LoraConfig>, run_config: serde_json::Value, source: &str, rng: &ChaCha8Rng) -> Self {
         let mut s = Self {
             step: 0,
             optimizer_t: 0,
@@ -155,7 +178,7 @@ impl TrainState {
             rng_word_pos: String::new(),
             lora,
             run_config,
-            stage: stage.into(),
+            stage,
             elapsed_s: 0.0,
             tokens_seen: 0,
             source: source.into(),
@@ -343,7 +366,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let mut ck = load_stored(dir)?;
     if let Some(base) = &ck.state.base {
         let path = base.verified_path().with_context(|| format!("checkpoint {}", dir.display()))?;
-        let src = crate::weights::load(&path)?;
+        let src = crate::io::weights::load(&path)?;
         ensure!(
             src.config == ck.model_config,
             "checkpoint {}: its base {} has other hyperparameters than the checkpoint records",

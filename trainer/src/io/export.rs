@@ -17,8 +17,9 @@ use reckon::gguf::{self, TensorData, Value};
 use serde::Serialize;
 
 use crate::model::Qwen2Config;
-use crate::tokenizer::{Tok, TokenKind};
-use crate::weights::{self, hf_to_gguf};
+use crate::io::tokenizer::{Tok, TokenKind};
+use crate::io::checkpoint::Stage;
+use crate::io::weights::{self, hf_to_gguf};
 
 /// The chat template of models trained here: ChatML whose generation
 /// prompt opens s1 thinking, so the runtime detects the s1 format.
@@ -178,15 +179,15 @@ fn refuse_existing(opts: &ExportOptions) -> Result<()> {
 }
 
 /// `general.*` provenance: the base the state names, and how it was trained.
-fn provenance(source: &Path, state: Option<&crate::checkpoint::TrainState>, opts: &ExportOptions, merged: bool) -> Provenance {
-    let trained = state.filter(|s| s.stage != "import");
+fn provenance(source: &Path, state: Option<&crate::io::checkpoint::TrainState>, opts: &ExportOptions, merged: bool) -> Provenance {
+    let trained = state.filter(|s| s.stage != Stage::Import);
     Provenance {
         name: opts.name.clone().unwrap_or_else(|| opts.out.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string())),
         base_model: state.map_or_else(|| source.display().to_string(), |s| s.source.clone()),
         recipe: match trained {
             Some(s) => format!(
                 "Reckon {} for {} steps ({} tokens){}; s1 think format",
-                s.stage,
+                s.stage.name(),
                 s.step,
                 s.tokens_seen,
                 s.lora.as_ref().map_or(String::new(), |l| format!(
@@ -211,8 +212,8 @@ pub fn export(source: &Path, opts: &ExportOptions) -> Result<ExportReport> {
     let src = weights::load(source)?;
     // weights::load verified the checkpoint; read its state without loading
     // (and hashing) every tensor a second time.
-    let state = if source.join("manifest.json").is_file() { Some(crate::checkpoint::read_state(source)?) } else { None };
-    let trained = state.as_ref().is_some_and(|s| s.stage != "import");
+    let state = if source.join("manifest.json").is_file() { Some(crate::io::checkpoint::read_state(source)?) } else { None };
+    let trained = state.as_ref().is_some_and(|s| s.stage != Stage::Import);
     let template = match (&src.chat_template, trained) {
         (Some(t), false) => t.clone(),
         _ => S1_CHAT_TEMPLATE.to_string(),
@@ -268,7 +269,7 @@ pub fn export_adapter(source: &Path, opts: &ExportOptions) -> Result<ExportRepor
         "{} is not a trainer checkpoint (an adapter comes from a checkpoint trained with [lora])",
         source.display()
     );
-    let ck = crate::checkpoint::load_stored(source)?;
+    let ck = crate::io::checkpoint::load_stored(source)?;
     let lora = ck.state.lora.clone().with_context(|| {
         format!("checkpoint {} was trained without [lora], so it has no adapter: export the whole model instead", source.display())
     })?;
@@ -361,7 +362,7 @@ pub fn import(source: &Path, out: &Path) -> Result<PathBuf> {
     let src = weights::load(source)?;
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let model = crate::model::Qwen2::from_tensors(src.config.clone(), src.tensors, None, &mut rng, &candle_core::Device::Cpu)?;
-    let mut state = crate::checkpoint::TrainState::fresh("import", None, serde_json::Value::Null, &source.display().to_string(), &rng);
+    let mut state = crate::io::checkpoint::TrainState::fresh(Stage::Import, None, serde_json::Value::Null, &source.display().to_string(), &rng);
     state.chat_template = src.chat_template;
-    crate::checkpoint::save(out, &model.config, &model.tensors(), &BTreeMap::new(), &state, &src.tok)
+    crate::io::checkpoint::save(out, &model.config, &model.tensors(), &BTreeMap::new(), &state, &src.tok)
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use reckon::gguf::GgufFile;
 
 use crate::model::Qwen2Config;
-use crate::tokenizer::Tok;
+use crate::io::tokenizer::Tok;
 
 /// A base model read from disk.
 pub struct Source {
@@ -30,7 +30,7 @@ pub struct Source {
 pub fn load(path: &Path) -> Result<Source> {
     if path.join("manifest.json").is_file() {
         // A trainer checkpoint: verified, adapters merged.
-        let ck = crate::checkpoint::load(path)?;
+        let ck = crate::io::checkpoint::load(path)?;
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         let mut model = crate::model::Qwen2::from_tensors(ck.model_config.clone(), ck.tensors, ck.state.lora.clone(), &mut rng, &Device::Cpu)?;
         model.merge_lora()?;

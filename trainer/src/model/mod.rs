@@ -15,6 +15,12 @@
 //! and optimizer state stay fp32. LoRA adapters (`...q_proj.lora_A.weight`,
 //! `lora_B`) wrap chosen linear layers; with LoRA on, base weights are
 //! detached and only adapters train.
+//!
+//! This folder owns the network: [`Qwen2`] with its LoRA adapters and KV
+//! cache, and [`kernels`] (fused CPU forward/backward ops). It imports
+//! nothing else of the trainer.
+
+pub mod kernels;
 
 use std::collections::BTreeMap;
 
@@ -23,8 +29,6 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-
-use crate::kernels;
 
 /// Hyperparameters, read from a Hugging Face `config.json` (unknown keys are
 /// ignored) or from GGUF metadata.
@@ -60,6 +64,22 @@ fn default_theta() -> f64 {
 }
 fn default_eps() -> f64 {
     1e-6
+}
+
+/// The tiny architecture for tests and demos: 2 layers, width 64.
+pub fn tiny_config(vocab_size: usize) -> Qwen2Config {
+    Qwen2Config {
+        vocab_size,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 1024,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        tie_word_embeddings: true,
+    }
 }
 
 impl Qwen2Config {

@@ -17,9 +17,9 @@ use anyhow::{bail, Context, Result};
 use reckon::engine::{Finished, Job};
 use reckon::{Engine, EngineOptions, SamplingConfig, SolveOptions};
 
-use crate::export::{adapter_pairs, concat_adapters, write_adapter, AdapterPair, Provenance};
+use crate::io::export::{adapter_pairs, concat_adapters, write_adapter, AdapterPair, Provenance};
 use crate::model::Qwen2;
-use crate::rollout::{Rollout, Sampling};
+use crate::rl::rollout::{Rollout, Sampling};
 
 /// Where the engine's weights come from.
 #[derive(Debug, Clone)]
@@ -40,14 +40,14 @@ pub fn engine_base(source: &Path) -> Result<Option<EngineBase>> {
     if !source.join("manifest.json").is_file() {
         return Ok(None);
     }
-    let state = crate::checkpoint::read_state(source)?;
+    let state = crate::io::checkpoint::read_state(source)?;
     let origin = PathBuf::from(&state.source);
     let Some(lora) = state.lora.clone() else { return Ok(None) };
     if !(origin.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && origin.is_file()) {
         return Ok(None);
     }
     // Its adapters alone (an adapter-only checkpoint is not laid over its base).
-    let ck = crate::checkpoint::load_stored(source)?;
+    let ck = crate::io::checkpoint::load_stored(source)?;
     let adapter = adapter_pairs(&ck.model_config, &ck.tensors, lora.rank, lora.alpha / lora.rank as f64)?;
     Ok(Some(EngineBase { gguf: origin, adapter }))
 }

@@ -7,26 +7,26 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use reckon::budget::{BudgetConfig, ThinkEnd};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint;
-use crate::config::GrpoConfig;
-use crate::data::{prompt_tokens, sample_indices};
+use crate::io::checkpoint::Stage;
+use crate::io::tokenizer::Tok;
+use crate::io::weights;
 use crate::model::Qwen2;
-use crate::objective::{objective_part, Totals};
-use crate::optim::{global_norm, lr_at, AdamW};
-use crate::plot::{curves, Panel};
-use crate::engine_rollout::EngineRollouts;
-use crate::rewards::{advantages, group_rewards, Completion};
-use crate::rollout::{rollout, s1_delimiters, Pieces, Rollout, Sampling};
-use crate::tokenizer::Tok;
-use crate::train::{accumulate, append_metrics, compute_dtype, device, prepare_out, progress_bar, read_metrics, resume, save_if_due, start_from, write_metrics, RunOptions, TrainError};
-use crate::weights;
+use crate::rl::config::GrpoConfig;
+use crate::rl::engine::EngineRollouts;
+use crate::rl::objective::{objective_part, Totals};
+use crate::rl::rewards::{advantages, group_rewards, Completion};
+use crate::rl::rollout::{rollout, s1_delimiters, Pieces, Rollout, Sampling};
+use crate::run::optim::{global_norm, lr_at, AdamW};
+use crate::run::plot::{curves, Panel};
+use crate::run::session::{accumulate, Guard, Plan, Row, RunOptions, Session, StepDone};
+use crate::sft::data::{prompt_tokens, sample_indices};
 
 /// A question with its gold answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,7 +98,7 @@ pub struct GrpoMetrics {
 
 /// Load problems.
 pub fn read_problems(path: &Path) -> Result<Vec<Problem>> {
-    crate::data::read_jsonl(path)
+    crate::sft::data::read_jsonl(path)
 }
 
 fn judge(r: &Rollout, gold: &str) -> Completion {
@@ -133,63 +133,48 @@ pub fn evaluate(model: &Qwen2, tok: &Tok, system: &str, problems: &[Problem], bu
 
 /// Run (or resume) GRPO.
 pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>> {
-    let dev = device(&cfg.model.device)?;
     let problems = read_problems(&cfg.data.train)?;
-    let ckpt_root = prepare_out(opts)?;
-    let run_config = serde_json::to_value(cfg)?;
-    // The frozen reference of full fine-tuning is the starting weights; with
-    // LoRA it is the model with adapters off (built below).
-    let start_reference = if cfg.objective.beta > 0.0 && cfg.lora.is_none() {
-        let src = weights::load(Path::new(&cfg.model.source))?;
-        Some(Qwen2::from_tensors(src.config, src.tensors, None, &mut ChaCha8Rng::seed_from_u64(0), &dev)?)
-    } else {
-        None
+    let plan = Plan {
+        stage: Stage::Grpo,
+        model: &cfg.model,
+        lora: cfg.lora.as_ref(),
+        optim: &cfg.optim,
+        checkpoint: &cfg.checkpoint,
+        steps: cfg.train.steps,
+        seed: cfg.train.seed,
+        run_config: serde_json::to_value(cfg)?,
     };
-    let (mut model, tok, mut opt, mut rng, mut state) = match resume(&ckpt_root, &run_config, &cfg.optim, &dev, &opts.out)? {
-        Some(r) => r,
-        None => {
-            let mut rng = ChaCha8Rng::seed_from_u64(cfg.train.seed);
-            let start = start_from(&cfg.model, cfg.lora.as_ref(), &cfg.checkpoint)?;
-            let model = Qwen2::from_tensors(start.src.config, start.src.tensors, cfg.lora.clone(), &mut rng, &dev)?;
-            let state = start.provenance.state("grpo", cfg.lora.clone(), run_config.clone(), &rng);
-            (model, start.src.tok, AdamW::new(cfg.optim.clone()), rng, state)
+    let mut run = Session::open(&plan, opts, |rng, device| Session::from_source(&plan, rng, device))?;
+    // The frozen reference for the KL term: the model with adapters off
+    // under LoRA, the starting weights under full fine-tuning.
+    let reference = match (cfg.objective.beta > 0.0, &cfg.lora) {
+        (true, Some(_)) => Some(run.model.without_lora()),
+        (true, None) => {
+            let src = weights::load(Path::new(&cfg.model.source))?;
+            Some(Qwen2::from_tensors(src.config, src.tensors, None, &mut ChaCha8Rng::seed_from_u64(0), &run.device)?)
         }
+        _ => None,
     };
     // The engine loads what the run trains on: model.source (its adapters
     // stacked under the run's), or with continue_adapters the source
     // checkpoint's own base, under the run's adapters alone.
-    let engine_source = if state.continued_from.is_some() { state.source.clone() } else { cfg.model.source.clone() };
-    model.set_compute_dtype(compute_dtype(&cfg.model.compute_dtype, &dev)?);
-    // The frozen reference for the KL term: adapters off under LoRA, the
-    // starting weights otherwise.
-    let reference = match (cfg.objective.beta > 0.0, &cfg.lora) {
-        (true, Some(_)) => Some(model.without_lora()),
-        _ => start_reference,
-    };
-    let pieces = Pieces::new(&tok);
-    let delims = s1_delimiters(&tok)?;
-    let pad = tok.id("<|endoftext|>").unwrap_or(0);
-    let metrics_path = opts.out.join("metrics.jsonl");
-    let mut history: Vec<GrpoMetrics> = read_metrics(&metrics_path)?;
-    history.retain(|m| m.step <= state.step);
-    write_metrics(&metrics_path, &history)?;
+    let engine_source = if run.state.continued_from.is_some() { run.state.source.clone() } else { cfg.model.source.clone() };
     let mut engine = match cfg.rollout.backend(Path::new(&engine_source))? {
-        Some(base) => Some(EngineRollouts::open(base, &model, cfg.rollout.engine_slots, None)?),
+        Some(base) => Some(EngineRollouts::open(base, &run.model, cfg.rollout.engine_slots, None)?),
         None => None,
     };
-    let bar = progress_bar(opts.progress, cfg.train.steps, state.step, "grpo");
-    let mut last_ckpt = checkpoint::list(&ckpt_root)?.pop().map(|(_, p)| p);
-    let mut run = Vec::new();
-    let mut steps_now = 0;
-    while state.step < cfg.train.steps {
-        let step = state.step;
+    let pieces = Pieces::new(&run.tok);
+    let delims = s1_delimiters(&run.tok)?;
+    let pad = run.tok.id("<|endoftext|>").unwrap_or(0);
+    run.drive(&plan, opts, |run| {
+        let step = run.state.step;
         let t0 = Instant::now();
         let idx = sample_indices(problems.len(), cfg.train.seed, step * cfg.train.prompts_per_step as u64, cfg.train.prompts_per_step);
         // Rollouts: (prompt, completion, engine log-probs) per problem's group.
         let budgets: Vec<reckon::BudgetConfig> = (0..idx.len()).map(|slot| cfg.rollout.budget_for(cfg.train.seed, step, slot)).collect();
         let groups: Vec<Vec<(Vec<u32>, Rollout, Option<Vec<f32>>)>> = match &mut engine {
             Some(er) => {
-                er.sync(&model)?;
+                er.sync(&run.model)?;
                 let questions: Vec<String> = idx.iter().map(|&i| problems[i].question.clone()).collect();
                 let seed = (cfg.train.seed as u32).wrapping_add((step as u32).wrapping_mul(0x9E37_79B9));
                 let g = cfg.rollout.group_size;
@@ -199,10 +184,10 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             None => {
                 let mut out = Vec::new();
                 for (slot, &i) in idx.iter().enumerate() {
-                    let prompt = prompt_tokens(&tok, &cfg.data.system_prompt, &problems[i].question)?;
+                    let prompt = prompt_tokens(&run.tok, &cfg.data.system_prompt, &problems[i].question)?;
                     let mut group = Vec::new();
                     for _ in 0..cfg.rollout.group_size {
-                        let r = rollout(&model, &pieces, &delims, &budgets[slot], &prompt, &cfg.rollout.sampling, &mut rng)?;
+                        let r = rollout(&run.model, &pieces, &delims, &budgets[slot], &prompt, &cfg.rollout.sampling, &mut run.rng)?;
                         group.push((prompt.clone(), r, None));
                     }
                     out.push(group);
@@ -234,16 +219,13 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
 
         let t1 = Instant::now();
         let lr = lr_at(&cfg.optim, step, cfg.train.steps);
-        let update = policy_update(&model, reference.as_ref(), &seqs, cfg, pad, &mut opt, lr, &mut rng, step + 1, &last_ckpt)?;
-        let (kl, clip, norm) = (update.kl, update.clip_fraction, update.grad_norm);
+        let guard = run.guard();
+        let update = policy_update(&run.model, reference.as_ref(), &seqs, cfg, pad, &mut run.opt, lr, &mut run.rng, &guard)?;
         let train_s = t1.elapsed().as_secs_f64();
         let n = judged.len() as f64;
         let lens: Vec<f64> = judged.iter().map(|c| c.generated_tokens as f64).collect();
-        state.step += 1;
-        state.elapsed_s += t0.elapsed().as_secs_f64();
-        state.tokens_seen += rollout_tokens as u64;
-        let m = GrpoMetrics {
-            step: state.step,
+        let row = GrpoMetrics {
+            step: 0,
             reward: parts.iter().map(|p| p.total).sum::<f64>() / n,
             reward_correctness: parts.iter().map(|p| p.correctness).sum::<f64>() / n,
             reward_format: parts.iter().map(|p| p.format).sum::<f64>() / n,
@@ -252,9 +234,9 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             mean_length: lens.iter().sum::<f64>() / n,
             median_length: reckon::eval::report::median(lens.clone()),
             forced_share: rolled.iter().filter(|r| r.think_end != Some(ThinkEnd::Natural)).count() as f64 / n,
-            kl,
-            clip_fraction: clip,
-            grad_norm: norm,
+            kl: update.kl,
+            clip_fraction: update.clip_fraction,
+            grad_norm: update.grad_norm,
             trained_completions: seqs.len(),
             mismatch_mean: update.mismatch_mean,
             mismatch_max: update.mismatch_max,
@@ -263,25 +245,26 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             lr,
             rollout_tokens_per_s: rollout_tokens as f64 / rollout_s,
             train_tokens_per_s: update.tokens as f64 / train_s,
-            elapsed_s: state.elapsed_s,
+            elapsed_s: 0.0,
         };
-        append_metrics(&metrics_path, &m)?;
-        bar.set_position(state.step);
-        bar.set_message(format!("reward {:.3} acc {:.2} len {:.0}", m.reward, m.accuracy, m.mean_length));
-        run.push(m);
-        steps_now += 1;
-        let stopping = opts.stop_after.is_some_and(|k| steps_now >= k);
-        if let Some(p) = save_if_due(&ckpt_root, &cfg.checkpoint, cfg.train.steps, stopping, &mut state, &model, &opt, &rng, &tok)? {
-            last_ckpt = Some(p);
-        }
-        if stopping {
-            break;
-        }
+        Ok(StepDone { row, tokens: rollout_tokens as u64 })
+    })
+}
+
+impl Row for GrpoMetrics {
+    fn step(&self) -> u64 {
+        self.step
     }
-    bar.finish_and_clear();
-    let all: Vec<GrpoMetrics> = read_metrics(&metrics_path)?;
-    plot_grpo(&opts.out.join("curves.png"), &all).context("plotting GRPO curves")?;
-    Ok(run)
+    fn stamp(&mut self, step: u64, elapsed_s: f64) {
+        self.step = step;
+        self.elapsed_s = elapsed_s;
+    }
+    fn message(&self) -> String {
+        format!("reward {:.3} acc {:.2} len {:.0}", self.reward, self.accuracy, self.mean_length)
+    }
+    fn plot(dir: &Path, rows: &[Self]) -> Result<()> {
+        plot_grpo(&dir.join("curves.png"), rows)
+    }
 }
 
 /// A completion with its advantage, ready for the policy loss.
@@ -348,7 +331,7 @@ pub fn micro_batches(lens: &[usize], budget: usize) -> Vec<Vec<usize>> {
 /// One micro-batch's tensors: per-token log-probs `[b, len]` of the
 /// completion tokens under `model` (at the sampler's temperature and top-p;
 /// 0 where masked), the mask of trained tokens and the advantages.
-fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rollout::Sampling, pad: u32, dropout: crate::model::DropoutRng) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+fn micro_logprobs(model: &Qwen2, seqs: &[&Scored], sampling: &crate::rl::rollout::Sampling, pad: u32, dropout: crate::model::DropoutRng) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     let dev = model.device().clone();
     let tlen = seqs.iter().map(|s| s.prompt.len() + s.tokens.len() - 1).max().unwrap_or(1).max(1);
     let b = seqs.len();
@@ -428,7 +411,7 @@ fn prepare<'a>(model: &Qwen2, reference: Option<&Qwen2>, seqs: &'a [Scored], cfg
 
 /// One pass over the micro-batches: accumulated gradients of the step's
 /// objective, and its KL, clip fraction and forwarded tokens.
-fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mut ChaCha8Rng, step: u64, last_ckpt: &Option<std::path::PathBuf>) -> Result<(BTreeMap<String, Tensor>, UpdateStats)> {
+fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mut ChaCha8Rng, guard: &Guard) -> Result<(BTreeMap<String, Tensor>, UpdateStats)> {
     let params = model.trainable();
     let mut grads = BTreeMap::new();
     let mut stats = UpdateStats { micro_batches: p.groups.len(), ..Default::default() };
@@ -456,9 +439,7 @@ fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mu
         let o = objective_part(&lp, &old_lp, p.refs.as_ref().map(|r| &r[k]), behaviour.as_ref(), &adv, &mask, &cfg.objective, &p.totals)?;
         stats.tis_weight += o.tis_weight;
         let l = o.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !l.is_finite() {
-            return Err(TrainError::NonFinite { what: "loss", step, last: last_ckpt.clone() }.into());
-        }
+        guard.finite("loss", l)?;
         accumulate(&mut grads, &params, &o.loss.backward()?)?;
         stats.kl += o.kl;
         stats.clip_fraction += o.clip_fraction;
@@ -467,18 +448,16 @@ fn policy_pass(model: &Qwen2, p: &Prepared, cfg: &GrpoConfig, pad: u32, rng: &mu
     stats.mismatch_mean /= active;
     stats.mismatch_k3 /= active;
     stats.grad_norm = global_norm(&grads)?;
-    if !stats.grad_norm.is_finite() {
-        return Err(TrainError::NonFinite { what: "gradient norm", step, last: last_ckpt.clone() }.into());
-    }
+    guard.finite("gradient norm", stats.grad_norm)?;
     Ok((grads, stats))
 }
 
 /// The gradients of one GRPO objective over `seqs` (old log-probs = the
 /// current ones, as with one iteration), micro-batched as the update is.
 pub fn policy_gradients(model: &Qwen2, reference: Option<&Qwen2>, seqs: &[Scored], cfg: &GrpoConfig, pad: u32, rng: &mut ChaCha8Rng) -> Result<(BTreeMap<String, Tensor>, UpdateStats)> {
-    let single = GrpoConfig { train: crate::config::GrpoTrain { num_iterations: 1, ..cfg.train.clone() }, ..cfg.clone() };
+    let single = GrpoConfig { train: crate::rl::config::GrpoTrain { num_iterations: 1, ..cfg.train.clone() }, ..cfg.clone() };
     let p = prepare(model, reference, seqs, &single, pad)?;
-    policy_pass(model, &p, &single, pad, rng, 0, &None)
+    policy_pass(model, &p, &single, pad, rng, &Guard::default())
 }
 
 /// The policy update on scored completions: `num_iterations` optimizer
@@ -498,8 +477,7 @@ pub fn policy_update(
     opt: &mut AdamW,
     lr: f64,
     rng: &mut ChaCha8Rng,
-    step: u64,
-    last_ckpt: &Option<std::path::PathBuf>,
+    guard: &Guard,
 ) -> Result<UpdateStats> {
     if seqs.is_empty() {
         return Ok(UpdateStats::default());
@@ -509,7 +487,7 @@ pub fn policy_update(
     let mut tokens = 0;
     let mut stats = UpdateStats::default();
     for _ in 0..cfg.train.num_iterations {
-        let (grads, s) = policy_pass(model, &p, cfg, pad, rng, step, last_ckpt)?;
+        let (grads, s) = policy_pass(model, &p, cfg, pad, rng, guard)?;
         opt.step(&params, &grads, lr)?;
         tokens += s.tokens;
         stats = s;

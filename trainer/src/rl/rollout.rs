@@ -15,7 +15,7 @@ use reckon::format::ThinkFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{KvCache, Qwen2};
-use crate::tokenizer::Tok;
+use crate::io::tokenizer::Tok;
 
 /// Sampling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -46,8 +46,8 @@ impl Pieces {
             table
                 .into_iter()
                 .map(|e| match e {
-                    Some((s, crate::tokenizer::TokenKind::Normal)) => s.chars().filter_map(|c| inverse.get(&c).copied()).collect(),
-                    Some((s, crate::tokenizer::TokenKind::UserDefined)) => s.into_bytes(),
+                    Some((s, crate::io::tokenizer::TokenKind::Normal)) => s.chars().filter_map(|c| inverse.get(&c).copied()).collect(),
+                    Some((s, crate::io::tokenizer::TokenKind::UserDefined)) => s.into_bytes(),
                     _ => Vec::new(),
                 })
                 .collect(),

@@ -14,17 +14,19 @@
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{GrpoConfig, GrpoData, GrpoTrain, ModelSection, OptimConfig, RolloutSection};
-use crate::data::{make_batch, Example};
-use crate::grpo::{policy_update, Scored, UpdateStats};
-use crate::model::{LoraConfig, Qwen2, Qwen2Config, LORA_TARGETS};
-use crate::optim::AdamW;
-use crate::train::{accumulate, sft_loss, tiny_config};
+use crate::rl::config::{GrpoConfig, GrpoData, GrpoTrain, RolloutSection};
+use crate::run::config::{ComputeDtype, DeviceChoice, ModelSection, OptimConfig};
+use crate::sft::data::{make_batch, Example};
+use crate::rl::grpo::{policy_update, Scored, UpdateStats};
+use crate::model::{tiny_config, LoraConfig, Qwen2, Qwen2Config, LORA_TARGETS};
+use crate::run::optim::AdamW;
+use crate::run::session::{accumulate, Guard};
+use crate::sft::train::sft_loss;
 
 /// Qwen2.5-0.5B's shape (494M parameters, tied embeddings).
 pub fn qwen2_5_0_5b_config() -> Qwen2Config {
@@ -84,25 +86,32 @@ pub struct BenchRow {
     pub step_flops: f64,
     /// Achieved FLOP/s.
     pub flops: f64,
-    /// The measured f32 matmul peak (or the one given).
+    /// The measured matmul peak in the compute type (or the one given).
     pub peak_flops: f64,
     /// Achieved / peak.
     pub mfu: f64,
     /// Peak resident memory of the process so far, MiB.
     pub peak_rss_mib: f64,
+    /// CUDA: device memory in use after the timed steps (total − free),
+    /// MiB; the allocator's pool keeps freed blocks, so this is close to a
+    /// step's peak. None on the CPU.
+    pub gpu_used_mib: Option<f64>,
     /// Micro-batches per step (GRPO mode).
     pub micro_batches: usize,
     /// Threads (rayon) used.
     pub threads: usize,
     /// Device.
     pub device: String,
+    /// Compute type (`f32`, `bf16`, `f16`).
+    pub dtype: String,
 }
 
 /// The f32 matmul peak: the best of five `n×n·n×n` products (after a
-/// warm-up) through candle's matmul, FLOP/s.
-pub fn sgemm_peak(n: usize, device: &Device) -> Result<f64> {
-    let a = Tensor::randn(0f32, 1.0, (n, n), device)?;
-    let b = Tensor::randn(0f32, 1.0, (n, n), device)?;
+/// warm-up) through candle's matmul in `dtype` (f32 on the CPU; bf16 on
+/// CUDA runs on its tensor cores), FLOP/s.
+pub fn matmul_peak(n: usize, dtype: DType, device: &Device) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let mut best = f64::MAX;
     for i in 0..6 {
         let t0 = Instant::now();
@@ -156,6 +165,18 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Device memory in use on `device` (CUDA), MiB.
+fn gpu_used_mib(device: &Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = device.as_cuda_device() {
+        if let Ok((free, total)) = d.cuda_stream().context().mem_get_info() {
+            return Some((total - free) as f64 / 1_048_576.0);
+        }
+    }
+    let _ = device;
+    None
+}
+
 /// Settings of one benchmark.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
@@ -175,6 +196,8 @@ pub struct BenchSpec {
     pub steps: usize,
     /// GRPO micro-batch budget in padded tokens.
     pub micro_batch_tokens: usize,
+    /// The compute type (`auto`: bf16 on CUDA, f32 on the CPU).
+    pub dtype: ComputeDtype,
 }
 
 /// Time `spec.steps` training steps (after one warm-up).
@@ -184,8 +207,10 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let lora = spec.lora_rank.map(|r| LoraConfig { rank: r, alpha: 2.0 * r as f64, dropout: 0.0, targets: LORA_TARGETS.iter().map(|s| s.to_string()).collect() });
     let base = Qwen2::init_random(config.clone(), &mut rng, device)?;
-    let model = Qwen2::from_tensors(config.clone(), base.tensors(), lora.clone(), &mut rng, device)?;
+    let mut model = Qwen2::from_tensors(config.clone(), base.tensors(), lora.clone(), &mut rng, device)?;
     drop(base);
+    let dtype = spec.dtype.resolve(device)?;
+    model.set_compute_dtype(dtype);
     let params = model.trainable();
     let trainable: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(OptimConfig::default());
@@ -228,7 +253,12 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
                 })
                 .collect();
             let cfg = GrpoConfig {
-                model: ModelSection { source: "bench".into(), compute_dtype: "f32".into(), device: "cpu".into(), continue_adapters: false },
+                model: ModelSection {
+                    source: "bench".into(),
+                    compute_dtype: spec.dtype,
+                    device: if device.is_cuda() { DeviceChoice::Cuda } else { DeviceChoice::Cpu },
+                    continue_adapters: false,
+                },
                 lora: lora.clone(),
                 data: GrpoData { train: "bench".into(), system_prompt: String::new() },
                 rollout: RolloutSection::default(),
@@ -241,7 +271,7 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
             let mut stats = UpdateStats::default();
             for i in 0..spec.steps + 1 {
                 let t0 = Instant::now();
-                stats = policy_update(&model, None, &seqs, &cfg, 0, &mut opt, 1e-5, &mut rng, 1, &None)?;
+                stats = policy_update(&model, None, &seqs, &cfg, 0, &mut opt, 1e-5, &mut rng, &Guard::default())?;
                 device.synchronize()?;
                 if i > 0 {
                     times.push(t0.elapsed().as_secs_f64());
@@ -249,7 +279,7 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
             }
             // Padded lengths as the micro-batches forward them.
             let lens: Vec<usize> = seqs.iter().map(|s| s.prompt.len() + s.tokens.len()).collect();
-            let padded: Vec<usize> = crate::grpo::micro_batches(&lens, spec.micro_batch_tokens)
+            let padded: Vec<usize> = crate::rl::grpo::micro_batches(&lens, spec.micro_batch_tokens)
                 .iter()
                 .flat_map(|b| {
                     let longest = b.iter().map(|&i| lens[i] - 1).max().unwrap_or(0);
@@ -277,9 +307,11 @@ pub fn bench(spec: &BenchSpec, peak_flops: f64, device: &Device) -> Result<Bench
         peak_flops,
         mfu: flops / step_s / peak_flops,
         peak_rss_mib: peak_rss_mib(),
+        gpu_used_mib: gpu_used_mib(device),
         micro_batches: micro,
         threads: candle_core::utils::get_num_threads(),
         device: format!("{device:?}"),
+        dtype: format!("{dtype:?}").to_lowercase(),
     })
 }
 

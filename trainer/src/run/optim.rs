@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::config::OptimConfig;
-use crate::kernels;
+use crate::run::config::OptimConfig;
+use crate::model::kernels;
 
 /// Optimizer state: first and second moments per parameter name.
 pub struct AdamW {

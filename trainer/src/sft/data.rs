@@ -2,7 +2,6 @@
 //! rendering in the s1 think format with the runtime's own prompt, loss
 //! masks, truncation, batching and a resumable data order.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -13,7 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use reckon::format::{render_prompt, PromptPiece, ThinkFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::tokenizer::Tok;
+pub use crate::io::jsonl::read_jsonl;
+use crate::io::tokenizer::Tok;
 
 /// One SFT example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,22 +25,6 @@ pub struct SftRecord {
     pub thinking: String,
     /// The final answer (after `Final Answer:`).
     pub answer: String,
-}
-
-/// Read JSONL lines of `T`; a malformed line is an error with its number.
-pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open data file {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: cannot read line", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let rec = serde_json::from_str(&line).with_context(|| format!("{}:{}: malformed record", path.display(), i + 1))?;
-        out.push(rec);
-    }
-    ensure!(!out.is_empty(), "{} holds no records: the dataset is empty", path.display());
-    Ok(out)
 }
 
 /// A GSM8K line.

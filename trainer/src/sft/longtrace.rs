@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use reckon::answer::format_number;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{read_jsonl, strip_calculator, SftRecord};
+use crate::sft::data::{read_jsonl, strip_calculator, SftRecord};
 
 /// How the lengthened data was made and what it looks like.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::SftRecord;
+use crate::sft::data::SftRecord;
 
 const NAMES: &[&str] = &["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana"];
 const ITEMS: &[&str] = &["apples", "books", "coins", "pens", "shells", "stamps"];

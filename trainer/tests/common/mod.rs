@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use reckon_trainer::data::SftRecord;
-use reckon_trainer::synth;
-use reckon_trainer::train::tiny_model;
+use reckon_trainer::sft::data::SftRecord;
+use reckon_trainer::sft::synth;
+use reckon_trainer::sft::train::tiny_model;
 use reckon_trainer::{Qwen2, Tok};
 
 /// A tiny random model and its tokenizer trained on arithmetic problems.
