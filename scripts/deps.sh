@@ -3,7 +3,7 @@
 # cmake, clang and libclang-dev (llama.cpp is built from source by
 # llama-cpp-sys-2), python3 with pip (the default model is fetched from
 # PyPI), for the bindings tests a JDK, JNA and npm, and for the server tests
-# python3-venv, chromium and curl. Debian/Ubuntu; uses sudo when not root. Safe to run again.
+# python3-venv, chromium and curl, and for the CUDA build check unzip. Debian/Ubuntu; uses sudo when not root. Safe to run again.
 set -euo pipefail
 
 missing=()
@@ -23,6 +23,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The trainer's CUDA build check: unzip unpacks NVIDIA's toolkit wheels.
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

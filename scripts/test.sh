@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, engine, CLI and eval tests against the
 # real default model (fetched and verified if missing), then the Kotlin,
-# Python and Swift-header bindings tests, then the server's (openai client, browser). CI runs exactly this.
+# Python and Swift-header bindings tests, then the server's (openai client,
+# browser), and last the trainer's CUDA build (compiled and linked against a
+# CUDA 13 toolkit from PyPI; its GPU tests run on a GPU machine through
+# scripts/gpu-check.sh). CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +13,4 @@ bash scripts/deps.sh
 cargo test --release --locked --workspace
 bash scripts/test-bindings.sh
 bash scripts/test-server.sh
+bash scripts/build-cuda.sh
