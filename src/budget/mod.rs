@@ -135,7 +135,8 @@ pub struct Delimiters {
     /// forced, and whose remainder is fed after a natural trigger that is a
     /// prefix of it.
     pub close: Vec<TokenId>,
-    /// Text of `close`, for events.
+    /// Text of `close`. Events and the answer show it only for plain models
+    /// (where it is a paragraph break): a delimiter is never answer text.
     pub close_text: String,
     /// Fed after a forced end (`Final Answer:`).
     pub answer_prefix: Vec<TokenId>,
@@ -406,7 +407,7 @@ impl Controller {
                     self.counts.other_injected += rest.len() as u32;
                     step.emits.push(Emit::Injected {
                         segment: Segment::Answer,
-                        text: self.delims.close_text.clone(),
+                        text: self.shown_close().to_string(),
                         reason: InjectReason::DelimiterCompletion,
                     });
                     step.feed.extend(rest);
@@ -570,6 +571,17 @@ impl Controller {
         self.tail_tokens = 0;
     }
 
+    /// The text a fed close delimiter shows: none where it is a delimiter
+    /// (`<|im_start|>answer`, `</think>`: markup, never part of the answer),
+    /// the close itself for a plain model (a paragraph break).
+    fn shown_close(&self) -> &str {
+        if self.delims.reply_is_thinking {
+            &self.delims.close_text
+        } else {
+            ""
+        }
+    }
+
     /// Feed the close delimiter and the answer prefix; thinking is over.
     /// Held tokens must have been dealt with by the caller.
     fn force_end(&mut self, reason: InjectReason, step: &mut Step) {
@@ -585,7 +597,7 @@ impl Controller {
         let mut injected = self.delims.close.clone();
         injected.extend(self.delims.answer_prefix.iter().copied());
         self.counts.other_injected += injected.len() as u32;
-        let text = format!("{}{}", self.delims.close_text, self.delims.answer_prefix_text);
+        let text = format!("{}{}", self.shown_close(), self.delims.answer_prefix_text);
         step.emits.push(Emit::Injected { segment: Segment::Answer, text, reason });
         step.feed.extend(injected);
         self.enter_answer(step);

@@ -231,6 +231,9 @@ fn extensions_without_floor_ignore_the_first_n_ends() {
     // The third end is accepted and the s1 delimiter completed.
     assert_eq!(run.seq, vec![A, NL, WAIT, B, NL, WAIT, C, IM_START, ANS_WORD, NL, X]);
     assert_eq!(run.injected.last().unwrap().2, InjectReason::DelimiterCompletion);
+    // Fed to the model, never shown: the answer holds no delimiter text.
+    assert_eq!(run.injected.last().unwrap().1, "");
+    assert_eq!(run.answer, "x");
 }
 
 #[test]
@@ -258,8 +261,9 @@ fn cap_reached_mid_word_forces_delimiter_and_answer_prefix() {
     let run = drive(&mut ctl, &[A, B, C, B, X, EOT]);
     assert_eq!(run.thinking, "a b c");
     assert_eq!(run.seq, vec![A, B, C, LT_SLASH, THINK, GT, FINAL, ANSWER, B, X]);
-    assert_eq!(run.answer, "</think>Final Answer: bx");
-    assert_eq!(run.injected, vec![(Segment::Answer, "</think>Final Answer:".into(), InjectReason::TokenCap)]);
+    assert_eq!(run.answer, "Final Answer: bx");
+    // The delimiter is fed but never shown: the answer holds no markup.
+    assert_eq!(run.injected, vec![(Segment::Answer, "Final Answer:".into(), InjectReason::TokenCap)]);
     assert_eq!(ctl.counts().thinking(), 3);
     assert_eq!(ctl.think_end(), Some(ThinkEnd::TokenCap));
 }
@@ -417,7 +421,7 @@ fn time_budget_forces_the_end_like_the_cap() {
     assert_eq!(run.thinking, "a b c");
     assert_eq!(run.injected[0].2, InjectReason::TimeBudget);
     assert_eq!(ctl.think_end(), Some(ThinkEnd::TimeBudget));
-    assert_eq!(run.answer, "</think>Final Answer:x");
+    assert_eq!(run.answer, "Final Answer:x");
 }
 
 #[test]
@@ -521,7 +525,7 @@ fn thinking_never_exceeds_the_cap_on_any_script() {
                 assert_eq!(thinking_in_seq, ctl.counts().thinking(), "cap {cap} floor {floor}: {:?} vs {:?}", run.seq, ctl.counts());
             }
             if ctl.think_end() == Some(ThinkEnd::TokenCap) {
-                assert!(run.injected.iter().any(|(_, t, r)| t.starts_with("</think>") && *r == InjectReason::TokenCap), "cap {cap}: forced end injected");
+                assert!(run.injected.iter().any(|(_, t, r)| t == "Final Answer:" && *r == InjectReason::TokenCap), "cap {cap}: forced end injected");
             }
             assert!(!run.thinking.contains('\u{FFFD}'), "cap {cap} floor {floor}: half a character shown: {:?}", run.thinking);
         }

@@ -70,8 +70,6 @@ struct AppState {
     defaults: Defaults,
     model_id: String,
     format: ThinkFormat,
-    /// The end-of-thinking delimiter's text: kept out of `content`.
-    close_text: String,
     api_key: Option<String>,
     max_queue: usize,
     created: u64,
@@ -90,14 +88,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine = args.model.load()?;
     let model_id = model_id(&args.model);
     let format = engine.format();
-    let close_text = engine.delimiters().close_text.clone();
     let threads = args.model.threads;
     let worker = Worker::start(engine, BatchConfig { slots: args.parallel, slot_context: args.slot_ctx, threads }, args.max_queue)?;
     let state = Arc::new(AppState {
         defaults: Defaults::default(),
         model_id: model_id.clone(),
         format,
-        close_text,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_queue: args.max_queue,
         created: now_s(),
@@ -305,11 +301,8 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) ->
     loop {
         match next.take() {
             Some(Msg::Done(Ok(mut r))) => {
-                if split {
-                    if let Some(rest) = r.answer.strip_prefix(s.close_text.as_str()) {
-                        r.answer = rest.to_string();
-                    }
-                } else {
+                // The answer holds no delimiter text (the runtime never shows it).
+                if !split {
                     r.answer = format!("{}{}", r.thinking, r.answer);
                 }
                 let mut body = api::completion(&id, now_s(), &s.model_id, &r);
@@ -329,12 +322,11 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) ->
 
 /// The delta an event adds: thinking as `reasoning_content`, the answer as
 /// `content` (a plain-format model has no thinking: all of it is content).
-/// The end-of-thinking delimiter a forced end injects is not content.
-fn delta(event: &Event, split: bool, close_text: &str) -> Option<serde_json::Value> {
+/// (The end-of-thinking delimiter a forced end feeds is never event text.)
+fn delta(event: &Event, split: bool) -> Option<serde_json::Value> {
     let (segment, text) = match event {
-        Event::Thinking { text } => (Segment::Thinking, text.as_str()),
-        Event::Answer { text } => (Segment::Answer, text.as_str()),
-        Event::Injected { segment: Segment::Answer, text, .. } if split => (Segment::Answer, text.strip_prefix(close_text).unwrap_or(text)),
+        Event::Thinking { text, .. } => (Segment::Thinking, text.as_str()),
+        Event::Answer { text, .. } => (Segment::Answer, text.as_str()),
         Event::Injected { segment, text, .. } => (*segment, text.as_str()),
         Event::Done { .. } => return None,
     };
@@ -366,7 +358,7 @@ impl Stream {
     fn push(&mut self, m: Msg) -> bool {
         match m {
             Msg::Event(e) => {
-                if let Some(d) = delta(&e, self.split, &self.state.close_text) {
+                if let Some(d) = delta(&e, self.split) {
                     let c = api::chunk(&self.id, self.created, &self.state.model_id, d, None);
                     let ev = self.data(c);
                     self.pending.push_back(ev);
