@@ -48,7 +48,7 @@ pub struct BatchConfig {
     /// Context cells per slot: the largest prompt plus budgets a slot must
     /// hold (see [`Engine::slot_context`]). Rounded up to 256.
     pub slot_context: u32,
-    /// CPU threads (`None`: all cores). Per-job `threads` are ignored in a
+    /// CPU threads (`None`: [`default_threads`](super::default_threads)). Per-job `threads` are ignored in a
     /// batch: the context has one thread pool.
     pub threads: Option<u32>,
 }
@@ -589,11 +589,11 @@ impl<'a> Batch<'a> {
             let event = match emit {
                 Emit::Text { segment: Segment::Thinking, text } => {
                     slot.run.thinking.push_str(&text);
-                    Event::Thinking { text }
+                    Event::Thinking { text, tokens: slot.ctl.counts().thinking() }
                 }
                 Emit::Text { segment: Segment::Answer, text } => {
                     slot.run.answer.push_str(&text);
-                    Event::Answer { text }
+                    Event::Answer { text, tokens: slot.ctl.counts().answer_generated }
                 }
                 Emit::Injected { segment, text, reason } => {
                     match segment {

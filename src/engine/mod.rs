@@ -12,6 +12,7 @@ mod llama_log;
 pub mod quantize;
 mod sampling;
 mod session;
+mod threads;
 mod vocab;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use batch::{Batch, BatchConfig, Finished, Job, Sample, SeqToken, MAX_SLOTS};
 pub use sampling::SamplingConfig;
 pub use session::{BareDecode, SolveOptions};
+pub use threads::{default_threads, performance_cores};
 pub use vocab::Vocab;
 
 use crate::budget::Delimiters;

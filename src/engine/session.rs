@@ -32,7 +32,8 @@ pub struct SolveOptions {
     pub budget: BudgetConfig,
     /// Sampling.
     pub sampling: SamplingConfig,
-    /// CPU threads (`None`: all cores).
+    /// CPU threads (`None`: the performance cores, see
+    /// [`default_threads`](super::default_threads); all cores where they are alike).
     pub threads: Option<u32>,
     /// System prompt; `None` for none. Defaults to asking for step-by-step
     /// reasoning and a boxed answer.
@@ -53,7 +54,7 @@ impl Default for SolveOptions {
 impl SolveOptions {
     pub(super) fn threads(&self) -> Result<i32> {
         match self.threads {
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()) as i32),
+            None => Ok(super::threads::default_threads() as i32),
             Some(t @ 1..=512) => Ok(t as i32),
             Some(t) => Err(ReckonError::InvalidOption(format!("threads {t} must be in 1..=512"))),
         }
