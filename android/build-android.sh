@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 : "${ANDROID_NDK_HOME:?set ANDROID_NDK_HOME to the NDK}"
 
 cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 --platform 23 -o android/src/main/jniLibs \
-  build --release --locked -p reckon-bindings --no-default-features --features android-static-stdcxx
+  build --release --locked -p reckon-bindings --no-default-features --features android-static-stdcxx,download
 
 # Library-mode generation needs a host build of the same crate.
 cargo build --release --locked -p reckon-bindings -p uniffi-bindgen

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 export IPHONEOS_DEPLOYMENT_TARGET=15.0
 for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios; do
-  cargo build --release --locked -p reckon-bindings --no-default-features --features metal --target "$t"
+  cargo build --release --locked -p reckon-bindings --no-default-features --features metal,download --target "$t"
 done
 cargo build --release --locked -p reckon-bindings -p uniffi-bindgen
 

