@@ -266,7 +266,7 @@ fn extension_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &i
         let mut at_extension: Vec<String> = Vec::new();
         let r = engine.solve(SHORT_QUESTION, &opts, &mut |e: &Event| {
             match e {
-                Event::Thinking { text } => thinking.push_str(text),
+                Event::Thinking { text, .. } => thinking.push_str(text),
                 Event::Injected { segment: Segment::Thinking, text, reason } => {
                     thinking.push_str(text);
                     if *reason == InjectReason::Extension {

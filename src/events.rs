@@ -19,11 +19,16 @@ pub enum Event {
     Thinking {
         /// The text.
         text: String,
+        /// Thinking tokens so far (generated and injected: the count the
+        /// cap bounds), for "thinking n of cap" progress.
+        tokens: u32,
     },
     /// Answer text the model generated.
     Answer {
         /// The text.
         text: String,
+        /// Answer tokens generated so far.
+        tokens: u32,
     },
     /// Text the runtime fed, and why.
     Injected {

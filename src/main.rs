@@ -188,7 +188,7 @@ pub(crate) struct ModelArgs {
     /// Think format: s1, r1 or plain (default: detected from the model).
     #[arg(long)]
     pub(crate) format: Option<ThinkFormat>,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: the performance cores; all cores where they are alike).
     #[arg(long)]
     pub(crate) threads: Option<u32>,
     /// Largest context to allocate, in tokens (default: the model's).
@@ -334,6 +334,7 @@ fn classify(e: &anyhow::Error) -> (ErrorKind, u8) {
         Some(ErrorKind::Input) => (ErrorKind::Input, 2),
         Some(ErrorKind::Model) => (ErrorKind::Model, 3),
         Some(ErrorKind::Fetch) => (ErrorKind::Fetch, 4),
+        Some(ErrorKind::Cancelled) => (ErrorKind::Cancelled, 130),
         Some(kind) => (kind, 1),
         None if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some()) => (ErrorKind::Io, 1),
         None => (ErrorKind::Runtime, 1),
@@ -566,11 +567,11 @@ impl Printer {
 
     fn write(&mut self, event: &Event) -> std::io::Result<()> {
         match event {
-            Event::Thinking { text } => {
+            Event::Thinking { text, .. } => {
                 self.heading(Segment::Thinking)?;
                 write!(self.out, "{text}")?;
             }
-            Event::Answer { text } => {
+            Event::Answer { text, .. } => {
                 self.heading(Segment::Answer)?;
                 write!(self.out, "{text}")?;
             }

@@ -23,8 +23,8 @@ impl Collect {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Thinking { text } if segment == Segment::Thinking => Some(text.as_str()),
-                Event::Answer { text } if segment == Segment::Answer => Some(text.as_str()),
+                Event::Thinking { text, .. } if segment == Segment::Thinking => Some(text.as_str()),
+                Event::Answer { text, .. } if segment == Segment::Answer => Some(text.as_str()),
                 Event::Injected { segment: s, text, .. } if *s == segment => Some(text.as_str()),
                 _ => None,
             })

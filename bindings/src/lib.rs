@@ -52,6 +52,30 @@ pub enum ReckonError {
         /// What happened.
         reason: String,
     },
+    /// Reading or writing a file failed (disk full, no permission).
+    #[error("{reason}")]
+    Io {
+        /// What happened.
+        reason: String,
+    },
+    /// A model download failed (no network, HTTP error, cut off).
+    #[error("{reason}")]
+    Download {
+        /// What happened.
+        reason: String,
+    },
+    /// A model's bytes do not have the expected SHA-256; nothing was kept.
+    #[error("{reason}")]
+    HashMismatch {
+        /// What happened.
+        reason: String,
+    },
+    /// Stopped through a [`CancelToken`] or a listener that said no.
+    #[error("{reason}")]
+    Cancelled {
+        /// What was cancelled.
+        reason: String,
+    },
     /// The app's listener threw; the solve was stopped.
     #[error("listener failed: {reason}")]
     Listener {
@@ -77,9 +101,11 @@ impl From<reckon::ReckonError> for ReckonError {
             }
             E::EmptyQuestion | E::InvalidBudget(_) | E::InvalidOption(_) | E::BatchTooLarge { .. } => ReckonError::InvalidInput { reason },
             E::PromptTooLong { .. } => ReckonError::PromptTooLong { reason },
-            E::Context(_) | E::Decode(_) | E::Backend(_) | E::Io { .. } | E::Fetch(_) | E::HashMismatch { .. } => {
-                ReckonError::Inference { reason }
-            }
+            E::Context(_) | E::Decode(_) | E::Backend(_) => ReckonError::Inference { reason },
+            E::Io { .. } => ReckonError::Io { reason },
+            E::Fetch(_) => ReckonError::Download { reason },
+            E::HashMismatch { .. } => ReckonError::HashMismatch { reason },
+            E::Cancelled(_) => ReckonError::Cancelled { reason },
             E::Internal(_) => ReckonError::Internal { reason },
         }
     }
@@ -192,7 +218,7 @@ pub struct SolveOptions {
     /// Random seed.
     #[uniffi(default = 0)]
     pub seed: u32,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: the performance cores on big.LITTLE phones, else all cores).
     #[uniffi(default = None)]
     pub threads: Option<u32>,
     /// System prompt (default: step-by-step with a boxed answer; "" = none).
@@ -273,18 +299,24 @@ pub enum ThinkEnd {
 }
 
 /// A streamed event, in order. Thinking and answer texts concatenate to the
-/// result's `thinking` and `answer`.
+/// result's `thinking` and `answer`; the last event is `Done`, with the result.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
 pub enum SolveEvent {
     /// Thinking text.
     Thinking {
         /// The text.
         text: String,
+        /// Thinking tokens so far ("thinking 212 of 1024").
+        thinking_tokens: u32,
+        /// The cap they run to.
+        max_thinking_tokens: u32,
     },
     /// Answer text.
     Answer {
         /// The text.
         text: String,
+        /// Answer tokens so far.
+        answer_tokens: u32,
     },
     /// Text the runtime fed.
     Injected {
@@ -295,22 +327,26 @@ pub enum SolveEvent {
         /// Why.
         reason: InjectReason,
     },
-    /// The end.
+    /// The end, with the result `solve` also returns.
     Done {
         /// How it ended.
         finish: FinishReason,
+        /// The whole outcome.
+        result: SolveResult,
     },
 }
 
-impl From<&CoreEvent> for SolveEvent {
-    fn from(e: &CoreEvent) -> Self {
+impl SolveEvent {
+    /// The app's view of a core event; None for the core's `Done`, which
+    /// the bindings send themselves once the result is known.
+    fn from_core(e: &CoreEvent, max_thinking_tokens: u32) -> Option<Self> {
         let seg = |s: &CoreSegment| match s {
             CoreSegment::Thinking => Segment::Thinking,
             CoreSegment::Answer => Segment::Answer,
         };
-        match e {
-            CoreEvent::Thinking { text } => SolveEvent::Thinking { text: text.clone() },
-            CoreEvent::Answer { text } => SolveEvent::Answer { text: text.clone() },
+        Some(match e {
+            CoreEvent::Thinking { text, tokens } => SolveEvent::Thinking { text: text.clone(), thinking_tokens: *tokens, max_thinking_tokens },
+            CoreEvent::Answer { text, tokens } => SolveEvent::Answer { text: text.clone(), answer_tokens: *tokens },
             CoreEvent::Injected { segment, text, reason } => SolveEvent::Injected {
                 segment: seg(segment),
                 text: text.clone(),
@@ -321,8 +357,8 @@ impl From<&CoreEvent> for SolveEvent {
                     CoreInject::DelimiterCompletion => InjectReason::DelimiterCompletion,
                 },
             },
-            CoreEvent::Done { finish } => SolveEvent::Done { finish: (*finish).into() },
-        }
+            CoreEvent::Done { .. } => return None,
+        })
     }
 }
 
@@ -335,6 +371,17 @@ impl From<CoreFinish> for FinishReason {
             CoreFinish::Stopped => FinishReason::Stopped,
         }
     }
+}
+
+/// Where the extracted answer was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AnswerSource {
+    /// Inside `\boxed{}`.
+    Boxed,
+    /// After "Final Answer:".
+    FinalAnswer,
+    /// The last number in the text (a weaker guess).
+    LastNumber,
 }
 
 /// Timings of a solve.
@@ -367,6 +414,8 @@ pub struct SolveResult {
     pub answer: String,
     /// The normalized final answer, if found.
     pub extracted_answer: Option<String>,
+    /// Where it was found.
+    pub answer_source: Option<AnswerSource>,
     /// Prompt tokens.
     pub prompt_tokens: u32,
     /// Thinking tokens generated.
@@ -395,6 +444,11 @@ impl From<reckon::SolveResult> for SolveResult {
             thinking: r.thinking,
             answer: r.answer,
             extracted_answer: r.extracted_answer,
+            answer_source: r.answer_source.map(|s| match s {
+                reckon::answer::AnswerSource::Boxed => AnswerSource::Boxed,
+                reckon::answer::AnswerSource::FinalAnswer => AnswerSource::FinalAnswer,
+                reckon::answer::AnswerSource::LastNumber => AnswerSource::LastNumber,
+            }),
             prompt_tokens: r.prompt_tokens,
             thinking_tokens: r.thinking_tokens,
             injected_tokens: r.injected_tokens,
@@ -471,11 +525,38 @@ pub struct BatchItem {
     pub error: Option<String>,
 }
 
-/// Cancels a solve from any thread; the solve stops within one decode step
-/// and returns with [`FinishReason::Cancelled`].
+/// Cancels a solve (or a model install) from any thread; a solve stops
+/// within one decode step and returns with [`FinishReason::Cancelled`].
+///
+/// Dropping the token cancels too: when the app lets go of its last
+/// reference (Kotlin `close()`, a Swift token going out of scope, a
+/// ViewModel cleared), what it was given to stops. Keep the token for as
+/// long as the work should run; pass none for work that should not stop.
 #[derive(Debug, Default, uniffi::Object)]
 pub struct CancelToken {
     inner: CancelHandle,
+}
+
+impl Drop for CancelToken {
+    fn drop(&mut self) {
+        self.inner.cancel();
+    }
+}
+
+/// The handle a call watches, without keeping the app's token alive (so
+/// that dropping the token cancels the call).
+fn watch(cancel: Option<Arc<CancelToken>>) -> Option<CancelHandle> {
+    cancel.map(|c| c.inner.clone())
+}
+
+/// Call `listener` and turn a throw or a panic into [`ReckonError::Listener`].
+fn call_listener(f: impl FnOnce() -> Result<bool, ReckonError>) -> Result<bool, ReckonError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(go_on)) => Ok(go_on),
+        Ok(Err(ReckonError::Listener { reason })) => Err(ReckonError::Listener { reason }),
+        Ok(Err(other)) => Err(ReckonError::Listener { reason: other.to_string() }),
+        Err(_) => Err(ReckonError::Listener { reason: "the listener panicked".into() }),
+    }
 }
 
 #[uniffi::export]
@@ -547,29 +628,25 @@ impl Engine {
         listener: Arc<dyn SolveListener>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<SolveResult, ReckonError> {
+        let cancel = watch(cancel);
         guarded(|| {
             let core: CoreSolveOptions = (&options).into();
-            let failure: Mutex<Option<ReckonError>> = Mutex::new(None);
-            let mut forward = |e: &CoreEvent| match catch_unwind(AssertUnwindSafe(|| listener.on_event(e.into()))) {
-                Ok(Ok(go_on)) => go_on,
-                Ok(Err(err)) => {
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(match err {
-                        ReckonError::Listener { .. } => err,
-                        other => ReckonError::Listener { reason: other.to_string() },
-                    });
+            let cap = core.budget.max_thinking_tokens;
+            let mut failure: Option<ReckonError> = None;
+            let mut forward = |e: &CoreEvent| {
+                let Some(event) = SolveEvent::from_core(e, cap) else { return true };
+                call_listener(|| listener.on_event(event)).unwrap_or_else(|err| {
+                    failure = Some(err);
                     false
-                }
-                Err(_) => {
-                    *failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(ReckonError::Listener { reason: "the listener panicked".into() });
-                    false
-                }
+                })
             };
-            let result = self.inner.solve(&question, &core, &mut forward, cancel.as_ref().map(|c| &c.inner));
-            if let Some(err) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let result = self.inner.solve(&question, &core, &mut forward, cancel.as_ref());
+            if let Some(err) = failure {
                 return Err(err);
             }
-            Ok(result?.into())
+            let result: SolveResult = result?.into();
+            call_listener(|| listener.on_event(SolveEvent::Done { finish: result.finish, result: result.clone() }))?;
+            Ok(result)
         })
     }
 }
@@ -588,30 +665,32 @@ impl Engine {
         listener: Option<Arc<dyn BatchListener>>,
         cancel: Option<Arc<CancelToken>>,
     ) -> Result<Vec<BatchItem>, ReckonError> {
+        let cancel = watch(cancel);
         guarded(|| {
             let core: CoreSolveOptions = (&options).into();
+            let cap = core.budget.max_thinking_tokens;
             let failure: Arc<Mutex<Option<ReckonError>>> = Arc::new(Mutex::new(None));
+            let fail = |failure: &Mutex<Option<ReckonError>>, err| {
+                failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(err);
+            };
             let jobs = questions
                 .iter()
                 .enumerate()
                 .map(|(i, q)| {
                     let listener = listener.clone();
                     let failure = failure.clone();
-                    let cancel = cancel.as_ref().map(|c| c.inner.clone());
+                    let cancel = cancel.clone();
                     let forward = move |e: &CoreEvent| {
                         // A throwing listener stops the whole batch.
                         if failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                             return false;
                         }
                         let Some(l) = &listener else { return true };
-                        let failed = match catch_unwind(AssertUnwindSafe(|| l.on_event(i as u32, e.into()))) {
-                            Ok(Ok(go_on)) => return go_on,
-                            Ok(Err(ReckonError::Listener { reason })) => ReckonError::Listener { reason },
-                            Ok(Err(other)) => ReckonError::Listener { reason: other.to_string() },
-                            Err(_) => ReckonError::Listener { reason: "the listener panicked".into() },
-                        };
-                        failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failed);
-                        false
+                        let Some(event) = SolveEvent::from_core(e, cap) else { return true };
+                        call_listener(|| l.on_event(i as u32, event)).unwrap_or_else(|err| {
+                            fail(&failure, err);
+                            false
+                        })
                     };
                     reckon::engine::Job {
                         question: q.clone(),
@@ -625,7 +704,16 @@ impl Engine {
             self.inner.solve_queue(jobs, parallel.max(1), core.threads, &mut |f| {
                 let item = &mut items[f.tag as usize];
                 match f.result {
-                    Ok(r) => item.result = Some(r.into()),
+                    Ok(r) => {
+                        let result: SolveResult = r.into();
+                        if let Some(l) = &listener {
+                            let done = SolveEvent::Done { finish: result.finish, result: result.clone() };
+                            if let Err(err) = call_listener(|| l.on_event(f.tag as u32, done)) {
+                                fail(&failure, err);
+                            }
+                        }
+                        item.result = Some(result);
+                    }
                     Err(e) => item.error = Some(e.to_string()),
                 }
             })?;
@@ -664,4 +752,119 @@ pub fn default_solve_options() -> SolveOptions {
 #[uniffi::export]
 pub fn default_model_path() -> String {
     reckon::models::default_model_path().display().to_string()
+}
+
+/// What [`install_model`] is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum InstallPhase {
+    /// Hashing a file already at the destination.
+    Verifying,
+    /// Downloading or copying (and hashing) the model.
+    Copying,
+}
+
+/// Receives [`install_model`]'s progress on the installing thread, after
+/// each MiB. Return false to stop (the install then throws `Cancelled`).
+#[uniffi::export(foreign)]
+pub trait InstallListener: Send + Sync {
+    /// Bytes so far, and the total when known.
+    fn on_progress(&self, phase: InstallPhase, done_bytes: u64, total_bytes: Option<u64>) -> Result<bool, ReckonError>;
+}
+
+/// Put a model at `dest_path`: from `source`, an `https://` (or `http://`)
+/// URL the app supplies or a file path (a download the app made itself),
+/// checked against `sha256` (64 hex digits) while it is written. A file
+/// already at `dest_path` with that hash is kept (only verified). Nothing
+/// is left behind on failure: a download cut off, a wrong hash
+/// (`HashMismatch`), no network (`Download`), a full disk (`Io`), or a
+/// cancel (`Cancelled`, through `cancel` or the listener). Blocks: call
+/// from a background thread, or use [`install_model_async`].
+#[uniffi::export]
+pub fn install_model(
+    source: String,
+    dest_path: String,
+    sha256: String,
+    listener: Option<Arc<dyn InstallListener>>,
+    cancel: Option<Arc<CancelToken>>,
+) -> Result<String, ReckonError> {
+    let cancel = watch(cancel);
+    guarded(|| {
+        let mut failure: Option<ReckonError> = None;
+        let mut progress = |phase: reckon::models::InstallPhase, done: u64, total: Option<u64>| {
+            if cancel.as_ref().is_some_and(CancelHandle::is_cancelled) {
+                return false;
+            }
+            let Some(l) = &listener else { return true };
+            let phase = match phase {
+                reckon::models::InstallPhase::Verifying => InstallPhase::Verifying,
+                reckon::models::InstallPhase::Copying => InstallPhase::Copying,
+            };
+            call_listener(|| l.on_progress(phase, done, total)).unwrap_or_else(|err| {
+                failure = Some(err);
+                false
+            })
+        };
+        let installed = reckon::models::install_model(&source, std::path::Path::new(&dest_path), &sha256, &mut progress);
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        Ok(installed?.display().to_string())
+    })
+}
+
+/// Run `work` on a thread of its own and await it: the async forms of the
+/// blocking calls, for `suspend` (Kotlin), `async` (Swift, Python) callers.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> Result<T, ReckonError> + Send + 'static) -> Result<T, ReckonError> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name("reckon-worker".into())
+        .spawn(move || {
+            let _ = tx.send(guarded(work));
+        })
+        .map_err(|e| ReckonError::Internal { reason: format!("could not start a thread: {e}") })?;
+    rx.await.unwrap_or_else(|_| Err(ReckonError::Internal { reason: "the worker thread ended without a result".into() }))
+}
+
+/// Load a model without blocking the caller: [`Engine::new`] on a thread
+/// of its own (loading takes seconds on a phone).
+#[uniffi::export]
+pub async fn load_engine(model_path: String, options: EngineOptions) -> Result<Arc<Engine>, ReckonError> {
+    off_thread(move || Engine::new(model_path, options)).await
+}
+
+/// [`install_model`] without blocking the caller.
+#[uniffi::export]
+pub async fn install_model_async(
+    source: String,
+    dest_path: String,
+    sha256: String,
+    listener: Option<Arc<dyn InstallListener>>,
+    cancel: Option<Arc<CancelToken>>,
+) -> Result<String, ReckonError> {
+    off_thread(move || install_model(source, dest_path, sha256, listener, cancel)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_last_token_cancels_what_watches_it() {
+        let token = CancelToken::new();
+        let watched = watch(Some(token.clone())).unwrap();
+        assert!(!watched.is_cancelled(), "a call's own reference is gone, the app's remains");
+        drop(token);
+        assert!(watched.is_cancelled());
+    }
+
+    #[test]
+    fn core_errors_keep_their_kind() {
+        let io = reckon::ReckonError::io("writing", std::io::Error::other("disk full"));
+        assert!(matches!(ReckonError::from(io), ReckonError::Io { .. }));
+        assert!(matches!(ReckonError::from(reckon::ReckonError::Fetch("offline".into())), ReckonError::Download { .. }));
+        let bad = reckon::ReckonError::HashMismatch { expected: "a".into(), actual: "b".into() };
+        assert!(matches!(ReckonError::from(bad), ReckonError::HashMismatch { .. }));
+        assert!(matches!(ReckonError::from(reckon::ReckonError::Cancelled("install".into())), ReckonError::Cancelled { .. }));
+        assert!(matches!(ReckonError::from(reckon::ReckonError::EmptyQuestion), ReckonError::InvalidInput { .. }));
+    }
 }

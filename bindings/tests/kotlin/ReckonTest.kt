@@ -275,6 +275,77 @@ fun main(args: Array<String>) {
         check(items[2].result!!.extractedAnswer == single.extractedAnswer) { "batched ${items[2].result} vs single $single" }
     }
 
+    test("closing the token cancels the solve it was given to") {
+        val token = CancelToken()
+        val third = CountDownLatch(1)
+        val closer = thread {
+            third.await()
+            token.close()
+        }
+        var n = 0
+        // A floor of 1000 tokens: the solve cannot end by itself first.
+        val r = engine.solve(JANET, SolveOptions(minThinkingTokens = 1000u, maxThinkingTokens = 1024u, threads = 2u), object : SolveListener {
+            override fun onEvent(event: SolveEvent): Boolean {
+                if (++n == 3) third.countDown()
+                return true
+            }
+        }, token)
+        closer.join()
+        check(r.finish == FinishReason.CANCELLED) { "finish ${r.finish}" }
+        check(r.thinkingTokens < 200u) { "${r.thinkingTokens} tokens: the close did not stop it" }
+    }
+
+    test("Done carries the result; thinking events count toward the cap") {
+        val c = Collect()
+        val r = engine.solve(JANET, short, c, null)
+        val done = c.events.last() as SolveEvent.Done
+        check(done.result == r && done.finish == r.finish) { "$done vs $r" }
+        val counts = c.events.filterIsInstance<SolveEvent.Thinking>().map { it.thinkingTokens }
+        check(counts.isNotEmpty() && counts == counts.sorted() && counts.last() <= 24u) { "$counts" }
+        check(c.events.filterIsInstance<SolveEvent.Thinking>().all { it.maxThinkingTokens == 24u }) { "cap" }
+    }
+
+    test("loadEngine suspends while the model loads") {
+        val loaded = runBlocking { dev.reckon.ffi.loadEngine(modelPath, EngineOptions()) }
+        check(loaded.info().architecture == "qwen2") { "loaded" }
+        loaded.close()
+        val facade = runBlocking { Reckon.loadAsync(modelPath) }
+        check(facade.info.architecture == "qwen2") { "facade" }
+        facade.close()
+        try {
+            runBlocking { dev.reckon.ffi.loadEngine("/nonexistent/model.gguf", EngineOptions()) }
+            throw AssertionError("no exception")
+        } catch (e: ReckonException.ModelNotFound) {}
+    }
+
+    test("installModel copies with progress and refuses a wrong hash, keeping nothing") {
+        val dir = java.nio.file.Files.createTempDirectory("reckon-install").toFile()
+        try {
+            val bytes = ByteArray(3 * 1024 * 1024 + 7) { (it * 31 + 7).toByte() }
+            val src = File(dir, "download.bin").apply { writeBytes(bytes) }
+            val sha = java.security.MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
+            val dest = File(dir, "models/model.gguf")
+            val calls = mutableListOf<Pair<ULong, ULong?>>()
+            val listener = object : dev.reckon.ffi.InstallListener {
+                override fun onProgress(phase: dev.reckon.ffi.InstallPhase, doneBytes: ULong, totalBytes: ULong?): Boolean {
+                    calls.add(doneBytes to totalBytes)
+                    return true
+                }
+            }
+            check(dev.reckon.ffi.installModel(src.path, dest.path, sha, listener, null) == dest.path) { "path" }
+            check(dest.readBytes().contentEquals(bytes)) { "bytes differ" }
+            check(calls.last() == (bytes.size.toULong() to bytes.size.toULong())) { "${calls.last()}" }
+            dest.delete()
+            try {
+                dev.reckon.ffi.installModel(src.path, dest.path, "0".repeat(64), null, null)
+                throw AssertionError("no exception")
+            } catch (e: ReckonException.HashMismatch) {}
+            check(File(dir, "models").list()!!.isEmpty()) { "left: ${File(dir, "models").list()!!.toList()}" }
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+
     engine.close()
     println("$passed passed, $failed failed")
     if (failed > 0) kotlin.system.exitProcess(1)

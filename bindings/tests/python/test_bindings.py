@@ -212,5 +212,128 @@ def solve_batch_grades_a_worksheet_and_reports_bad_questions_per_item():
     assert items[2].result.extracted_answer == single.extracted_answer, (items[2].result, single)
 
 
+@test
+def done_carries_the_result_and_thinking_counts_run_to_the_cap():
+    c = Collect()
+    res = engine.solve(JANET, SHORT, c, None)
+    done = c.events[-1]
+    assert done.is_DONE() and done.result == res and done.finish == res.finish, done
+    counts = [e.thinking_tokens for e in c.events if e.is_THINKING()]
+    assert counts and counts == sorted(counts) and counts[-1] <= 24, counts
+    assert all(e.max_thinking_tokens == 24 for e in c.events if e.is_THINKING())
+    answers = [e.answer_tokens for e in c.events if e.is_ANSWER()]
+    assert answers == sorted(answers) and (not answers or answers[-1] <= res.answer_tokens), (answers, res)
+
+
+@test
+def a_forced_s1_answer_is_free_of_delimiter_text_and_says_where_it_came_from():
+    # The default model does not know s1's delimiters: forcing the format
+    # makes the runtime inject them, which must never leak into the texts.
+    s1 = r.Engine(MODEL, r.EngineOptions(format=r.ThinkFormat.S1))
+    res = s1.solve("What is 7 * 6?", r.SolveOptions(max_thinking_tokens=32, max_answer_tokens=24, threads=2), Collect(), None)
+    for text in (res.answer, res.thinking):
+        for delim in ("<|im_start|>", "<|im_end|>", "<think>", "</think>"):
+            assert delim not in text, (delim, text)
+    assert res.forced_end, res
+    assert (res.extracted_answer is None) == (res.answer_source is None), res
+    if res.answer_source is not None:
+        assert isinstance(res.answer_source, r.AnswerSource), res.answer_source
+
+
+def sha256(data):
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+@test
+def install_model_downloads_over_http_with_progress_and_keeps_nothing_bad():
+    import functools
+    import http.server
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "m.gguf"), "wb") as f:
+            f.write(data)
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=d)
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        # A cancelled download hangs up mid-body: not an error worth printing.
+        server.handle_error = lambda *a: None
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/m.gguf"
+
+        class Progress(r.InstallListener):
+            def __init__(self, stop_at=None):
+                self.calls, self.stop_at = [], stop_at
+
+            def on_progress(self, phase, done, total):
+                self.calls.append((phase, done, total))
+                return self.stop_at is None or done < self.stop_at
+
+        dest = os.path.join(d, "models", "model.gguf")
+        p = Progress()
+        assert r.install_model(url, dest, sha256(data), p, None) == dest
+        assert open(dest, "rb").read() == data
+        assert p.calls[-1] == (r.InstallPhase.COPYING, len(data), len(data)), p.calls[-1]
+        # Present and right: verified, not downloaded again.
+        p = Progress()
+        r.install_model(url, dest, sha256(data), p, None)
+        assert {c[0] for c in p.calls} == {r.InstallPhase.VERIFYING}, p.calls
+        os.remove(dest)
+        for source, sha, listener, kind in [
+            (url, "0" * 64, None, r.ReckonError.HashMismatch),
+            (url + ".missing", sha256(data), None, r.ReckonError.Download),
+            (url, sha256(data), Progress(stop_at=1 << 20), r.ReckonError.Cancelled),
+            ("/nonexistent/m.gguf", sha256(data), None, r.ReckonError.ModelNotFound),
+            (url, "not a hash", None, r.ReckonError.InvalidInput),
+        ]:
+            try:
+                r.install_model(source, dest, sha, listener, None)
+                raise AssertionError(f"no error for {source} {sha}")
+            except kind:
+                pass
+            assert os.listdir(os.path.join(d, "models")) == [], os.listdir(os.path.join(d, "models"))
+        token = r.CancelToken()
+        token.cancel()
+        try:
+            r.install_model(os.path.join(d, "m.gguf"), dest, sha256(data), None, token)
+            raise AssertionError("not cancelled")
+        except r.ReckonError.Cancelled:
+            pass
+        server.shutdown()
+
+
+@test
+def async_load_and_install_await_without_blocking():
+    import asyncio
+
+    async def main():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        loaded = await r.load_engine(MODEL, r.EngineOptions())
+        ticker.cancel()
+        assert loaded.info().architecture == "qwen2"
+        assert ticks > 0, "the event loop ran while the model loaded"
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "src.bin")
+            with open(src, "wb") as f:
+                f.write(b"model bytes")
+            dest = os.path.join(d, "m.gguf")
+            assert await r.install_model_async(src, dest, sha256(b"model bytes"), None, None) == dest
+        try:
+            await r.load_engine("/nonexistent/model.gguf", r.EngineOptions())
+            raise AssertionError("no error")
+        except r.ReckonError.ModelNotFound:
+            pass
+
+    asyncio.run(main())
+
+
 print(f"{results['passed']} passed, {results['failed']} failed")
 sys.exit(1 if results["failed"] else 0)

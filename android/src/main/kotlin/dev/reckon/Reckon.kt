@@ -9,6 +9,7 @@ import dev.reckon.ffi.SolveEvent
 import dev.reckon.ffi.SolveListener
 import dev.reckon.ffi.SolveOptions
 import dev.reckon.ffi.SolveResult
+import dev.reckon.ffi.loadEngine
 import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.CoroutineStart
 import kotlinx.coroutines.Dispatchers
@@ -50,6 +51,11 @@ class Reckon private constructor(private val engine: Engine) : AutoCloseable {
         @Throws(ReckonException::class)
         fun load(modelPath: String, options: EngineOptions = EngineOptions()): Reckon =
             Reckon(Engine(modelPath, options))
+
+        /** Load without blocking: suspends while the model loads on a thread of its own. */
+        @Throws(ReckonException::class)
+        suspend fun loadAsync(modelPath: String, options: EngineOptions = EngineOptions()): Reckon =
+            Reckon(loadEngine(modelPath, options))
     }
 
     /** Architecture, size, quantization, think format. */
