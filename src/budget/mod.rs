@@ -23,9 +23,10 @@
 //!   inside a multi-byte character, the incomplete bytes are dropped from the
 //!   shown text, so the cap is never exceeded and the text is always valid.
 //! * **Answering**: tokens are answer text until an end-of-turn token or
-//!   `max_answer_tokens`. If the model opens a new think block while budget
-//!   remains, the controller re-arms and thinking continues on the same budget;
-//!   with no budget left, the opening is rolled back.
+//!   `max_answer_tokens`. If the model opens a new think block, the
+//!   controller re-arms: the opening stays in the sequence (not shown) and
+//!   thinking continues on the same budget; with none left (tokens or time),
+//!   the end is forced again at once (delimiter and `Final Answer:` fed).
 
 #[cfg(test)]
 mod tests;
