@@ -249,3 +249,61 @@ fn zero_budgets_are_valid() {
     let r = engine().solve(JANET, &o, &mut Silent, None).unwrap();
     assert!(r.forced_end);
 }
+
+/// The GGUF seeds of the fuzz targets (`fuzz/corpus/gguf_*`): the checker's
+/// own small model loads in llama.cpp, and each copy with one value changed
+/// the way llama.cpp's loaders would trust is refused by our checks before
+/// llama.cpp sees it. The committed files are exactly what
+/// `gguf::check::example` writes, so a change to the checker cannot leave
+/// the fuzzer starting from stale seeds; `RECKON_WRITE_SEEDS=1` rewrites
+/// them (fuzz/seed.sh does, with the trainer's tiny models).
+#[test]
+fn fuzz_seeds_are_the_checker_example_and_its_variants() {
+    let (meta, tensors) = gguf::check::example();
+    let with = |key: &str, value: Value| -> Vec<(String, Value)> {
+        meta.iter().map(|(k, v)| (k.clone(), if k == key { value.clone() } else { v.clone() })).collect()
+    };
+    let seeds: Vec<(&str, Vec<(String, Value)>, bool)> = vec![
+        ("example", meta.clone(), true),
+        ("heads-0", with("qwen2.attention.head_count", Value::U32(0)), false),
+        ("heads-3", with("qwen2.attention.head_count", Value::U32(3)), false),
+        ("eos-out-of-range", with("tokenizer.ggml.eos_token_id", Value::U32(1 << 20)), false),
+        ("context-0", with("qwen2.context_length", Value::U32(0)), false),
+        ("types-short", with("tokenizer.ggml.token_type", Value::Array(vec![Value::I32(1); 3])), false),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let write = std::env::var_os("RECKON_WRITE_SEEDS").is_some();
+    let d = tempfile::tempdir().unwrap();
+    for (name, m, loads) in &seeds {
+        let fresh = d.path().join(format!("{name}.gguf"));
+        gguf::write_file(&fresh, m, &tensors).unwrap();
+        let bytes = std::fs::read(&fresh).unwrap();
+        for target in ["gguf_check", "gguf_load"] {
+            let committed = root.join(target).join(format!("{name}.gguf"));
+            if write {
+                std::fs::write(&committed, &bytes).unwrap();
+            }
+            let old = std::fs::read(&committed).unwrap_or_default();
+            assert!(old == bytes, "{} is stale: run RECKON_WRITE_SEEDS=1 cargo test --test bad_input fuzz_seeds", committed.display());
+        }
+        let loaded = Engine::load(&fresh, EngineOptions { max_context: Some(64), ..EngineOptions::default() });
+        match (loads, loaded) {
+            (true, Ok(_)) => {}
+            (true, Err(e)) => panic!("{name} must load: {e}"),
+            (false, Ok(_)) => panic!("{name} must be refused"),
+            (false, Err(e)) => assert!(matches!(e, ReckonError::InvalidModel { .. }), "{name}: refused by our checks, not by llama.cpp: {e}"),
+        }
+    }
+    // The trainer's tiny models (fuzz/seed.sh exports them): real,
+    // quantized files that llama.cpp runs.
+    let mut trainer = 0;
+    for e in std::fs::read_dir(root.join("gguf_load")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("trainer-") {
+            let engine = Engine::load(&p, EngineOptions { max_context: Some(64), ..EngineOptions::default() });
+            assert!(engine.is_ok(), "{} must load: {}", p.display(), engine.err().unwrap());
+            trainer += 1;
+        }
+    }
+    assert!(trainer >= 2, "the trainer's tiny seeds are missing from fuzz/corpus/gguf_load");
+}
