@@ -30,11 +30,13 @@ SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"; rm -f /dev/shm/reckon-fuzz-*.gguf' EXIT
 for t in "${TARGETS[@]}"; do
   mkdir -p "$SCRATCH/$t"
-  # Each execution gets at most 10 s and 2 GiB; -max_len fits the largest
-  # seed (the trainer's tiny q8_0 model, 126 KiB).
+  # Each execution gets at most 10 s and 2 GiB. GGUF inputs may grow to
+  # the largest seed (the trainer's tiny q8_0 model, 126 KiB); text inputs
+  # to 8 KiB (a long chat template or answer).
+  case $t in gguf_*) max_len=131072 ;; *) max_len=8192 ;; esac
   rc=0
   cargo fuzz run -O "$t" "$SCRATCH/$t" "corpus/$t" -- \
-    -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len=131072 \
+    -max_total_time="$SECONDS_EACH" ${RUNS:+-runs=$RUNS} -timeout=10 -rss_limit_mb=2048 -max_len=$max_len \
     -print_final_stats=1 > "$SCRATCH/$t.log" 2>&1 || rc=$?
   if [ "$rc" -ne 0 ]; then
     echo "fuzz: $t failed (exit $rc; the input is in fuzz/artifacts/$t)"
@@ -42,5 +44,6 @@ for t in "${TARGETS[@]}"; do
     exit 1
   fi
   runs=$(grep -o "stat::number_of_executed_units: *[0-9]*" "$SCRATCH/$t.log" | grep -o "[0-9]*$" || echo "?")
-  echo "fuzz: $t: $runs executions in ${SECONDS_EACH} s, 0 crashes"
+  secs=$(grep -o "Done [0-9]* runs in [0-9]* second" "$SCRATCH/$t.log" | grep -o "in [0-9]*" | grep -o "[0-9]*" || echo "$SECONDS_EACH")
+  echo "fuzz: $t: $runs executions in $secs s, 0 crashes"
 done

@@ -2,7 +2,8 @@
 # The whole test suite: unit tests, engine, CLI and eval tests against the
 # real default model (fetched and verified if missing), then the Kotlin,
 # Python and Swift-header bindings tests, then the server's (openai client,
-# browser), and last the trainer's CUDA build (compiled and linked against a
+# browser), then each fuzz target for 20 s (fuzz/README.md), and last the
+# trainer's CUDA build (compiled and linked against a
 # CUDA 13 toolkit from PyPI; its GPU tests run on a GPU machine through
 # scripts/gpu-check.sh). CI runs exactly this.
 set -euo pipefail
@@ -13,4 +14,5 @@ bash scripts/deps.sh
 cargo test --release --locked --workspace
 bash scripts/test-bindings.sh
 bash scripts/test-server.sh
+bash scripts/fuzz.sh 20
 bash scripts/build-cuda.sh

@@ -4,6 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+mod scratch;
+use scratch::scratch_file;
 use reckon::gguf::{check, GgufFile};
 
 fuzz_target!(|data: &[u8]| {
@@ -15,14 +18,3 @@ fuzz_target!(|data: &[u8]| {
         let _ = file.tokens();
     }
 });
-
-/// One file per fuzzing process, in memory (/dev/shm) where there is one,
-/// rewritten for every input: far faster than a new temporary file each time.
-fn scratch_file() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() };
-        dir.join(format!("reckon-fuzz-{}-{}.gguf", env!("CARGO_BIN_NAME"), std::process::id()))
-    })
-    .clone()
-}
