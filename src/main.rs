@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use reckon::budget::{BudgetConfig, InjectReason, Segment};
 use reckon::answer::majority_vote;
-use reckon::engine::{Engine, EngineOptions, ModelInfo, Sample, SamplingConfig, SolveOptions};
-use reckon::events::{CancelHandle, Event, FinishReason};
+use reckon::engine::{Engine, EngineOptions, ModelInfo, Sample, SamplingConfig, SolveOptions, Trace};
+use reckon::events::{CancelHandle, Event, FinishReason, SolveResult};
 use reckon::{ErrorKind, ReckonError};
 use reckon::format::{ThinkFormat, DEFAULT_SYSTEM_PROMPT};
 use reckon::models::{self, ModelSpec};
@@ -272,6 +272,12 @@ struct SolveArgs {
     /// {"type": "result", "result": {...}} with what --json prints.
     #[arg(long, conflicts_with = "samples")]
     stream_json: bool,
+    /// With --json or --stream-json: add the token ids to the result as
+    /// "trace": {"prompt": [ids], "tokens": [{"id", "sampled", "logprob"}]}
+    /// (every token after the prompt, sampled or injected), e.g. to compare
+    /// two builds token by token.
+    #[arg(long, conflicts_with = "samples")]
+    token_ids: bool,
     /// The question; read from stdin when absent or "-".
     question: Option<String>,
 }
@@ -420,14 +426,27 @@ fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
     if args.samples > 1 {
         return solve_samples(&args, &question, &options, &cancel);
     }
+    if args.token_ids && !(args.json || args.stream_json) {
+        bad!("--token-ids adds to the JSON result: use it with --json or --stream-json");
+    }
     let engine = args.model.load()?;
+    // The result as JSON, with the token ids when asked for.
+    let with_trace = |result: &SolveResult, trace: &Trace| -> anyhow::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(result)?;
+        if args.token_ids {
+            v["trace"] = serde_json::to_value(trace)?;
+        }
+        Ok(v)
+    };
     let result = if args.json {
-        engine.solve(&question, &options, &mut reckon::events::Silent, Some(&cancel))?
+        let (r, trace) = engine.solve_traced(&question, &options, &mut reckon::events::Silent, Some(&cancel))?;
+        outln!("{}", with_trace(&r, &trace)?);
+        r
     } else if args.stream_json {
         let mut lines = NdJson::default();
-        let r = engine.solve(&question, &options, &mut |e: &Event| lines.event(e), Some(&cancel))?;
+        let (r, trace) = engine.solve_traced(&question, &options, &mut |e: &Event| lines.event(e), Some(&cancel))?;
         lines.check()?;
-        lines.line(&serde_json::json!({ "type": "result", "result": r }))?;
+        lines.line(&serde_json::json!({ "type": "result", "result": with_trace(&r, &trace)? }))?;
         r
     } else {
         let mut printer = Printer::new();
@@ -437,9 +456,7 @@ fn solve(args: SolveArgs) -> anyhow::Result<ExitCode> {
         r
     };
     let interrupted = result.finish == FinishReason::Cancelled;
-    if args.json {
-        outln!("{}", serde_json::to_string(&result)?);
-    } else if !args.stream_json {
+    if !args.json && !args.stream_json {
         let t = &result.timings;
         outln!("\nExtracted answer: {}", result.extracted_answer.as_deref().unwrap_or("(none)"));
         if interrupted {

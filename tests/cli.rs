@@ -232,6 +232,36 @@ fn json_errors_are_json_on_stdout() {
 }
 
 #[test]
+fn token_ids_account_for_every_token() {
+    // SHORT ends its thinking after a few tokens: the floor injects "Wait",
+    // the cap forces the end.
+    let out = reckon()
+        .args(["solve", "--json", "--token-ids", "--threads", "2", "--min-think", "16", "--max-think", "24", "--max-answer", "8", "--model"])
+        .arg(model_path())
+        .arg(common::SHORT)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |k: &str| v[k].as_u64().unwrap() as usize;
+    let trace = &v["trace"];
+    assert_eq!(trace["prompt"].as_array().unwrap().len(), count("prompt_tokens"));
+    let tokens = trace["tokens"].as_array().unwrap();
+    let sampled = tokens.iter().filter(|t| t["sampled"] == true).count();
+    let injected = tokens.iter().filter(|t| t["sampled"] == false).count();
+    // A final end of turn is sampled but not decoded, so not counted.
+    let eot = usize::from(v["finish"] == "end_of_turn");
+    assert_eq!(sampled, count("thinking_tokens") + count("answer_tokens") + eot, "{v}");
+    assert_eq!(injected, count("injected_tokens") + count("delimiter_tokens"), "{v}");
+    assert!(count("extensions") >= 1 && count("injected_tokens") > 0 && count("delimiter_tokens") > 0, "{v}");
+    assert!(tokens.iter().all(|t| t["id"].as_u64().is_some() && (t["sampled"] == true) == t["logprob"].is_number()));
+    // Without JSON there is nowhere to put them.
+    let out = reckon().args(["solve", "--token-ids", "--model"]).arg(model_path()).arg("1+1?").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--json"));
+}
+
+#[test]
 fn stream_json_is_one_event_per_line_then_the_result() {
     let out = reckon()
         .args(["solve", "--stream-json", "--threads", "2", "--max-think", "24", "--max-answer", "8", "--model"])

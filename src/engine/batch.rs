@@ -126,6 +126,15 @@ pub struct Finished {
     pub tokens: Vec<SeqToken>,
 }
 
+/// The tokens of one completion ([`Engine::solve_traced`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The prompt's tokens.
+    pub prompt: Vec<TokenId>,
+    /// The completion's tokens, as in [`Finished::tokens`].
+    pub tokens: Vec<SeqToken>,
+}
+
 /// A job checked and tokenized, with the context one of its slots needs.
 struct Prepared {
     prompt: Vec<TokenId>,
@@ -276,16 +285,29 @@ impl Engine {
         listener: &mut dyn Listener,
         cancel: Option<&CancelHandle>,
     ) -> Result<SolveResult> {
+        self.solve_traced(question, options, listener, cancel).map(|(result, _)| result)
+    }
+
+    /// [`Engine::solve`], also returning the completion's tokens: the
+    /// prompt's ids and every token after it, sampled or injected (what a
+    /// cross-platform check compares token by token).
+    pub fn solve_traced(
+        &self,
+        question: &str,
+        options: &SolveOptions,
+        listener: &mut dyn Listener,
+        cancel: Option<&CancelHandle>,
+    ) -> Result<(SolveResult, Trace)> {
         let t0 = Instant::now();
         let prepared = self.prepare(question, options)?;
         let mut batch = self.batch(BatchConfig { slots: 1, slot_context: prepared.need, threads: options.threads })?;
         let sample = Sample { tag: 0, seed: None, listener: Box::new(Borrowed(listener)), cancel: cancel.cloned() };
         batch.start(prepared, options, vec![sample])?;
-        let mut done = batch.run_to_end();
-        let mut result = done.pop().expect("one completion").result?;
+        let Finished { result, prompt, tokens, .. } = batch.run_to_end().pop().expect("one completion");
+        let mut result = result?;
         result.timings.total_ms = ms(t0.elapsed());
         result.timings.ttft_ms += batch.context_ms;
-        Ok(result)
+        Ok((result, Trace { prompt, tokens }))
     }
 
     /// Run jobs through `slots` sequences, continuously: when a completion

@@ -24,7 +24,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use serde::{Deserialize, Serialize};
 
-pub use batch::{Batch, BatchConfig, Finished, Job, Sample, SeqToken, MAX_SLOTS};
+pub use batch::{Batch, BatchConfig, Finished, Job, Sample, SeqToken, Trace, MAX_SLOTS};
 pub use sampling::SamplingConfig;
 pub use session::{BareDecode, SolveOptions};
 pub use threads::{default_threads, performance_cores};
