@@ -80,9 +80,12 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Copy a checkpoint without its optimizer state, into OUT/step-NNNNNNNN:
-    /// a starting point for another run (e.g. GRPO from an SFT run's
-    /// adapters) at a third of the size. It is not for resuming its own run.
+    /// Copy a checkpoint into OUT/step-NNNNNNNN with smaller optimizer
+    /// state. `--moments drop` (default): without it, a starting point for
+    /// another run (e.g. GRPO from an SFT run's adapters) at a third of the
+    /// size, not for resuming its own run. `--moments bf16`: moments rounded
+    /// to bf16, two thirds of the size, from which the run resumes (what a
+    /// long run parks in git between sessions).
     Slim {
         /// The checkpoint directory.
         #[arg(long)]
@@ -90,6 +93,9 @@ enum Cmd {
         /// Checkpoint root to write into.
         #[arg(long)]
         out: PathBuf,
+        /// What to keep of the optimizer moments.
+        #[arg(long, value_enum, default_value = "drop")]
+        moments: reckon_trainer::io::checkpoint::SlimMoments,
     },
     /// Reinforcement learning for token efficiency: GRPO with verifiable
     /// rewards, a length term, and rollouts budget-forced by the runtime's
@@ -285,9 +291,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{} ({}, {:.1} MiB) in {:.1} s", r.path.display(), r.file_type, r.bytes as f64 / 1048576.0, r.seconds);
             }
         }
-        Cmd::Slim { checkpoint, out } => {
-            let dir = reckon_trainer::io::checkpoint::slim(&checkpoint, &out)?;
-            println!("{} without optimizer state: {}", checkpoint.display(), dir.display());
+        Cmd::Slim { checkpoint, out, moments } => {
+            let dir = reckon_trainer::io::checkpoint::slim(&checkpoint, &out, moments)?;
+            let kept = match moments {
+                reckon_trainer::io::checkpoint::SlimMoments::Drop => "without optimizer state",
+                reckon_trainer::io::checkpoint::SlimMoments::Bf16 => "with bf16 optimizer moments",
+            };
+            println!("{} {kept}: {}", checkpoint.display(), dir.display());
         }
         Cmd::Import { model, out } => {
             let dir = reckon_trainer::io::export::import(&model, &out)?;

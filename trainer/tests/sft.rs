@@ -118,6 +118,28 @@ fn adapter_only_checkpoints_pin_their_base_and_resume_exactly() {
         assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {}: loss {} vs resumed {}", x.step, x.loss, y.loss);
     }
 
+    // Parked with bf16 moments (what a long run commits between sessions):
+    // two thirds of the bytes, and the run resumes from it close to exactly.
+    let early = d.join("early");
+    run_sft(&cfg, &RunOptions { stop_after: Some(3), ..opts(&early) }).unwrap();
+    let (_, ck3) = checkpoint::list(&early.join("checkpoints")).unwrap().pop().unwrap();
+    let parked = d.join("parked");
+    let pk = checkpoint::slim(&ck3, &parked.join("checkpoints"), checkpoint::SlimMoments::Bf16).unwrap();
+    let opt_bytes = |dir: &std::path::Path| std::fs::metadata(dir.join("optimizer.safetensors")).unwrap().len();
+    assert!(opt_bytes(&pk) * 2 <= opt_bytes(&ck3) + 4096, "bf16 moments: {} bytes vs {}", opt_bytes(&pk), opt_bytes(&ck3));
+    let stored = checkpoint::load_stored(&pk).unwrap();
+    assert!(!stored.optimizer.is_empty() && stored.optimizer.values().all(|t| t.dtype() == candle_core::DType::BF16));
+    std::fs::copy(early.join("metrics.jsonl"), parked.join("metrics.jsonl")).unwrap();
+    assert_eq!(run_sft(&cfg, &opts(&parked)).unwrap().resumed_from, 3);
+    let c: Vec<StepMetrics> = read_metrics(&parked.join("metrics.jsonl")).unwrap();
+    assert_eq!(c.len(), 6);
+    for (x, y) in a.iter().zip(&c).skip(3) {
+        let rel = ((x.loss - y.loss) / x.loss).abs();
+        assert!(rel < 1e-2, "step {}: loss {} vs resumed from bf16 moments {}", x.step, x.loss, y.loss);
+    }
+    let dropped = checkpoint::slim(&ck3, &d.join("dropped"), checkpoint::SlimMoments::Drop).unwrap();
+    assert!(checkpoint::load_stored(&dropped).unwrap().optimizer.is_empty());
+
     let (_, ck) = checkpoint::list(&split.join("checkpoints")).unwrap().pop().unwrap();
     let stored = checkpoint::load_stored(&ck).unwrap();
     assert!(!stored.tensors.is_empty() && stored.tensors.keys().all(|k| k.contains(".lora_")), "only adapters stored: {:?}", stored.tensors.keys().take(3).collect::<Vec<_>>());

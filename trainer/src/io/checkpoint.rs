@@ -402,12 +402,31 @@ pub fn load_stored(dir: &Path) -> Result<Checkpoint> {
     })
 }
 
-/// Copy the checkpoint at `dir` (verified) without its optimizer moments
-/// into `root`; returns the new directory. An adapter-only checkpoint stays
-/// adapter-only, pinned to the same base.
-pub fn slim(dir: &Path, root: &Path) -> Result<PathBuf> {
+/// What [`slim`] keeps of a checkpoint's optimizer moments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(clap::ValueEnum)]
+pub enum SlimMoments {
+    /// None: a starting point for another run (GRPO from an SFT run's
+    /// adapters), not for resuming this one.
+    #[default]
+    Drop,
+    /// Rounded to bf16 (half the bytes): the run resumes from it, with
+    /// moments within bf16's 2^-8 relative rounding of the originals (a
+    /// near-exact resume), which a long run parks between sessions.
+    Bf16,
+}
+
+/// Copy the checkpoint at `dir` (verified) into `root` with its optimizer
+/// moments dropped or rounded to bf16 ([`SlimMoments`]); returns the new
+/// directory. An adapter-only checkpoint stays adapter-only, pinned to the
+/// same base. The weights are kept as they are.
+pub fn slim(dir: &Path, root: &Path, moments: SlimMoments) -> Result<PathBuf> {
     let ck = load_stored(dir)?;
-    save(root, &ck.model_config, &ck.tensors, &BTreeMap::new(), &ck.state, &ck.tok)
+    let optimizer = match moments {
+        SlimMoments::Drop => BTreeMap::new(),
+        SlimMoments::Bf16 => ck.optimizer.iter().map(|(k, v)| Ok((k.clone(), v.to_dtype(candle_core::DType::BF16)?))).collect::<Result<_>>()?,
+    };
+    save(root, &ck.model_config, &ck.tensors, &optimizer, &ck.state, &ck.tok)
 }
 
 /// The newest complete checkpoint under `root`, verified. A newest one that

@@ -200,6 +200,9 @@ impl AdamW {
         for n in names {
             let m = tensors.remove(&format!("m.{n}")).context("optimizer state: missing m")?;
             let v = tensors.remove(&format!("v.{n}")).with_context(|| format!("optimizer state: missing v.{n}"))?;
+            // Moments are kept in f32 (the master weights' type); a parked
+            // checkpoint stores them rounded to bf16 (`slim --moments bf16`).
+            let (m, v) = (m.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
             let mv = if kernels::fast_path(&m) && kernels::fast_path(&v) {
                 Moments::Host { shape: m.dims().to_vec(), m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? }
             } else {

@@ -333,7 +333,7 @@ fn prepare_out(opts: &RunOptions) -> Result<PathBuf> {
 /// run with other settings is an error.
 fn resume(root: &Path, run_config: &serde_json::Value, optim: &OptimConfig, device: &Device, out: &Path) -> Result<Option<Resumed>> {
     let Some(ck) = checkpoint::latest(root)? else { return Ok(None) };
-    if &ck.state.run_config != run_config {
+    if !same_training(&ck.state.run_config, run_config) {
         bail!("{} holds a run with different settings; resume with the same config, or pass --fresh to start over", out.display());
     }
     log::info!("resuming from {} (step {})", ck.dir.display(), ck.state.step);
@@ -342,6 +342,22 @@ fn resume(root: &Path, run_config: &serde_json::Value, optim: &OptimConfig, devi
     let moments = ck.optimizer.into_iter().map(|(k, v)| Ok((k, v.to_device(device)?))).collect::<Result<_>>()?;
     let opt = AdamW::restore(optim.clone(), moments, ck.state.optimizer_t)?;
     Ok(Some((model, ck.tok, opt, rng, ck.state)))
+}
+
+/// Whether two run configs train the same way: equal but for how often
+/// checkpoints are written and how many are kept (`[checkpoint] every`,
+/// `keep_last`), which a long run may change between sessions (say, to save
+/// more often on a slower machine) without changing what it computes.
+fn same_training(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(ck) = v.get_mut("checkpoint").and_then(|c| c.as_object_mut()) {
+            ck.remove("every");
+            ck.remove("keep_last");
+        }
+        v
+    };
+    strip(a) == strip(b)
 }
 
 /// Add this backward pass's gradients of `params` into `acc`.
@@ -392,6 +408,17 @@ fn append_metrics<T: Serialize>(path: &Path, row: &T) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_cadence_may_change_between_sessions_but_training_settings_may_not() {
+        let a = serde_json::json!({"checkpoint": {"every": 3, "keep_last": 2, "adapter_only": true}, "optim": {"lr": 3e-5}});
+        let cadence = serde_json::json!({"checkpoint": {"every": 2, "keep_last": 4, "adapter_only": true}, "optim": {"lr": 3e-5}});
+        assert!(same_training(&a, &cadence));
+        let lr = serde_json::json!({"checkpoint": {"every": 3, "keep_last": 2, "adapter_only": true}, "optim": {"lr": 1e-5}});
+        assert!(!same_training(&a, &lr));
+        let layout = serde_json::json!({"checkpoint": {"every": 3, "keep_last": 2, "adapter_only": false}, "optim": {"lr": 3e-5}});
+        assert!(!same_training(&a, &layout));
+    }
 
     #[test]
     fn the_guard_names_the_step_and_the_last_checkpoint() {
