@@ -376,20 +376,29 @@ fn parallel_rows(engine: &Engine, args: &BenchArgs, opts: &SolveOptions, bar: &i
 
 /// Cancel long solves from another thread; time from `cancel()` to the
 /// solve's return. Decoding cancels come at moments spread over the phase
-/// of a decode step once the first token is out; prefill cancels come 1 ms
-/// after the solve starts, so they wait for the prompt's decode.
+/// of a decode step once the first token is out; prefill cancels come at
+/// moments spread over the prompt's decode (llama.cpp's abort callback
+/// stops that decode; the prompt's whole prefill is timed apart).
 fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<CancelRow> {
     let opts = SolveOptions {
         budget: BudgetConfig { min_thinking_tokens: 4000, max_thinking_tokens: 4096, ..base.budget.clone() },
         ..base.clone()
     };
-    let (mut decoding, mut prefill, mut per_token, mut prefill_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let prompt = engine.prompt_tokens(&args.question, &opts)?;
+    let prompt_prefill_ms = engine.prefill_ms(&prompt, opts.threads)?;
+    let (mut decoding, mut prefill, mut per_token) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.cancels.max(1) {
         for during_prefill in [false, true] {
             let cancel = reckon::events::CancelHandle::new();
             let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
             let handle = cancel.clone();
-            let delay = std::time::Duration::from_millis(if during_prefill { 1 } else { (7 * u64::from(i)) % 60 });
+            // Prefill cancels spread over the prompt's decode time.
+            let n = f64::from(args.cancels.max(1));
+            let delay = if during_prefill {
+                std::time::Duration::from_secs_f64(prompt_prefill_ms * (f64::from(i) + 0.5) / n / 1e3)
+            } else {
+                std::time::Duration::from_millis((7 * u64::from(i)) % 60)
+            };
             let canceller = std::thread::spawn(move || {
                 if !during_prefill {
                     let _ = first_rx.recv(); // the first token is out
@@ -413,7 +422,6 @@ fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indi
             let ms = returned.saturating_duration_since(cancelled_at).as_secs_f64() * 1e3;
             if during_prefill {
                 prefill.push(ms);
-                prefill_ms.push(r.timings.prefill_ms);
             } else {
                 decoding.push(ms);
                 per_token.push(1e3 / r.timings.decode_tok_s.max(1e-9));
@@ -436,7 +444,7 @@ fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indi
         ms_per_step,
         prefill_p50_ms: median(prefill),
         prefill_max_ms,
-        prompt_prefill_ms: median(prefill_ms),
+        prompt_prefill_ms,
     })
 }
 

@@ -30,6 +30,7 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
+use super::abort::AbortGate;
 use super::session::{batch_params, ms, per_second, BATCH};
 use super::{Engine, SolveOptions};
 use crate::answer::extract_answer;
@@ -216,6 +217,10 @@ pub struct Batch<'a> {
     candidates: LlamaTokenDataArray,
     decoded: u64,
     decode_calls: u64,
+    aborted_decodes: u64,
+    /// Read by llama.cpp between graph nodes (its address is in `ctx`):
+    /// declared after `ctx`, so the context is freed first.
+    abort: Box<AbortGate>,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -260,7 +265,8 @@ impl Engine {
             });
         }
         let t = Instant::now();
-        let ctx = self.new_context(batch_params(total as u32, config.slots, threads, self.options.unified_kv))?;
+        let abort = Box::<AbortGate>::default();
+        let ctx = self.new_context(batch_params(total as u32, config.slots, threads, self.options.unified_kv, Some(&abort)))?;
         let n_vocab = self.vocab.len();
         Ok(Batch {
             engine: self,
@@ -272,6 +278,8 @@ impl Engine {
             candidates: LlamaTokenDataArray::new(Vec::with_capacity(n_vocab), false),
             decoded: 0,
             decode_calls: 0,
+            aborted_decodes: 0,
+            abort,
         })
     }
 
@@ -426,6 +434,12 @@ impl<'a> Batch<'a> {
         self.decode_calls
     }
 
+    /// `llama_decode` calls stopped part-way because every sequence in
+    /// them had been cancelled (see `abort.rs`).
+    pub fn aborted_decodes(&self) -> u64 {
+        self.aborted_decodes
+    }
+
     /// Milliseconds spent creating the context.
     pub fn context_ms(&self) -> f64 {
         self.context_ms
@@ -536,6 +550,7 @@ impl<'a> Batch<'a> {
         for i in 0..self.slots.len() {
             self.sample_slot(i);
         }
+        self.end_cancelled_prefills();
         let calls = self.decode_calls;
         self.decode_queued();
         let progressed = self.decode_calls > calls
@@ -553,6 +568,29 @@ impl<'a> Batch<'a> {
             }
         }
         out
+    }
+
+    /// A prompt still being decoded for sequences that have all been
+    /// cancelled (its own slot and those that wait for it) is not decoded
+    /// further: they end now, not after the rest of their prefill.
+    fn end_cancelled_prefills(&mut self) {
+        let cancelled = |s: &Slot<'_>| s.cancel.as_ref().is_some_and(CancelHandle::is_cancelled);
+        for leader in 0..self.slots.len() {
+            let Some(slot) = self.slots[leader].as_ref() else { continue };
+            if slot.finish.is_some() || slot.phase != Phase::Prefill || !cancelled(slot) {
+                continue;
+            }
+            let group: Vec<usize> = (0..self.slots.len())
+                .filter(|&j| j == leader || self.slots[j].as_ref().is_some_and(|s| s.phase == Phase::Follows(leader) && s.finish.is_none()))
+                .collect();
+            if group.iter().all(|&j| self.slots[j].as_ref().is_some_and(cancelled)) {
+                for j in group {
+                    if let Some(s) = self.slots[j].as_mut() {
+                        s.finish = Some(Ok(FinishReason::Cancelled));
+                    }
+                }
+            }
+        }
     }
 
     fn sample_slot(&mut self, i: usize) {
@@ -726,11 +764,27 @@ impl<'a> Batch<'a> {
             return;
         }
         let n_tokens = self.batch.n_tokens().max(1) as f64;
+        // The decode may stop early only if every live sequence can be
+        // cancelled (and then only once all of them are).
+        let live: Option<Vec<CancelHandle>> = self.slots.iter().flatten().filter(|s| s.finish.is_none()).map(|s| s.cancel.clone()).collect();
+        self.abort.arm(live);
         let t = Instant::now();
         let decoded = self.ctx.decode(&mut self.batch);
         let decode_ms = ms(t.elapsed());
+        self.abort.arm(None);
         self.decode_calls += 1;
         self.decoded += n_tokens as u64;
+        if decoded.is_err() && self.slots.iter().flatten().filter(|s| s.finish.is_none()).all(|s| s.cancel.as_ref().is_some_and(CancelHandle::is_cancelled)) {
+            // Aborted (llama.cpp removed the unfinished ubatch's cells):
+            // every sequence in it was cancelled, and ends so.
+            self.aborted_decodes += 1;
+            for s in self.slots.iter_mut().flatten() {
+                if s.finish.is_none() {
+                    s.finish = Some(Ok(FinishReason::Cancelled));
+                }
+            }
+            return;
+        }
         if let Err(e) = decoded {
             // A failed decode leaves no sequence usable: end them all.
             let msg = e.to_string();

@@ -7,6 +7,7 @@
 //! llama.cpp mutates the model while creating one. Every solve runs on the
 //! batch's one decode loop (a single solve is a batch of one).
 
+mod abort;
 mod batch;
 mod llama_log;
 pub mod quantize;

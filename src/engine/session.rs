@@ -15,6 +15,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
+use super::abort::AbortGate;
 use super::{backend, Engine, SamplingConfig};
 use crate::budget::{BudgetConfig, TokenId};
 use crate::error::{ReckonError, Result};
@@ -160,14 +161,16 @@ pub(super) fn per_second(n: u32, ms: f64) -> f64 {
 /// sequence (its own cells, attention computed as for a single sequence);
 /// with `unified`, every sequence's cells in one stream, so a step's tokens
 /// are one ubatch whatever slots are live and a prompt copied to G sequences
-/// is stored once (`seq_cp` shares cells).
+/// is stored once (`seq_cp` shares cells). With `abort`, llama.cpp asks that
+/// gate between graph nodes whether to stop the decode in flight (see
+/// [`AbortGate`]); the gate must outlive the context.
 ///
-/// llama-cpp-2 exposes no setter for `kv_unified`, so it is set on the
-/// wrapped `llama_context_params` directly, after checking that the wrapper
-/// is exactly that struct (same size, known fields read back through the
-/// pointer); if not, the cache stays split per sequence, which is correct
-/// too.
-pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool) -> LlamaContextParams {
+/// llama-cpp-2 exposes no setter for `kv_unified` or the abort callback, so
+/// they are set on the wrapped `llama_context_params` directly, after
+/// checking that the wrapper is exactly that struct (same size, known fields
+/// read back through the pointer); if not, the cache stays split per
+/// sequence and cancels wait for the decode in flight, which is correct too.
+pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool, abort: Option<&AbortGate>) -> LlamaContextParams {
     let mut params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(BATCH as u32)
@@ -175,16 +178,25 @@ pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool) 
         .with_n_seq_max(slots)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    if unified && slots > 1 && std::mem::size_of::<LlamaContextParams>() == std::mem::size_of::<llama_cpp_sys_2::llama_context_params>() {
+    let unified = unified && slots > 1;
+    if (unified || abort.is_some()) && std::mem::size_of::<LlamaContextParams>() == std::mem::size_of::<llama_cpp_sys_2::llama_context_params>() {
         let raw = (&mut params as *mut LlamaContextParams).cast::<llama_cpp_sys_2::llama_context_params>();
         // SAFETY: the wrapper's only field is a `llama_context_params` (same
         // size, checked above); the read-back below confirms it sits at
-        // offset 0 before anything is written.
+        // offset 0 before anything is written. The abort data pointer is
+        // the gate's, which the caller keeps alive beside the context.
         unsafe {
             if (*raw).n_seq_max == params.n_seq_max() && (*raw).n_ctx == params.n_ctx().map_or(0, NonZeroU32::get) {
-                (*raw).kv_unified = true;
+                if unified {
+                    (*raw).kv_unified = true;
+                }
+                if let Some(gate) = abort {
+                    let (cb, data) = gate.callback();
+                    (*raw).abort_callback = Some(cb);
+                    (*raw).abort_callback_data = data;
+                }
             } else {
-                log::warn!("llama-cpp-2's context params are laid out unexpectedly: one KV stream per sequence");
+                log::warn!("llama-cpp-2's context params are laid out unexpectedly: one KV stream per sequence, no abort inside a decode");
             }
         }
     }
@@ -258,7 +270,7 @@ impl Engine {
                 fits: (u64::from(self.context_limit()) / slot) as u32,
             });
         }
-        let mut ctx = self.new_context(batch_params(total as u32, n_seq, threads, self.options.unified_kv))?;
+        let mut ctx = self.new_context(batch_params(total as u32, n_seq, threads, self.options.unified_kv, None))?;
         let mut batch = LlamaBatch::new(BATCH, 1);
         let err = |e: &dyn std::fmt::Display| ReckonError::Decode(e.to_string());
         let t = Instant::now();
