@@ -118,6 +118,26 @@ impl ThinkFormat {
     }
 }
 
+/// The ways a model may write a delimiter that is plain text (no special
+/// token): as given, without its surrounding whitespace, after a space, and
+/// with one or two line breaks after it (byte-level BPE merges a space into
+/// the token that follows it and line breaks into the punctuation before
+/// them, so `</think>\n` is not `</think>` then `\n`). Tokenized, each is
+/// matched beside the canonical form; duplicates removed, order kept.
+pub fn spellings(text: &str) -> Vec<String> {
+    let core = text.trim();
+    if core.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::new();
+    for s in [text.to_string(), core.to_string(), format!(" {core}"), format!("{core}\n"), format!("{core}\n\n"), format!(" {core}\n"), format!(" {core}\n\n")] {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
 /// A piece of a rendered prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromptPiece {
@@ -285,6 +305,13 @@ mod tests {
 
     /// Templates from a hostile model file: each fails within its limit
     /// (fast), and the prompt falls back to ChatML with the question intact.
+    #[test]
+    fn a_text_delimiter_is_matched_in_its_other_spellings() {
+        assert_eq!(spellings("<think>\n"), vec!["<think>\n", "<think>", " <think>", "<think>\n\n", " <think>\n", " <think>\n\n"]);
+        assert_eq!(spellings("</think>")[..3], ["</think>", " </think>", "</think>\n"]);
+        assert!(spellings("").is_empty() && spellings("\n\n").is_empty());
+    }
+
     #[test]
     fn hostile_templates_hit_their_limits_and_fall_back_to_chatml() {
         let hostile = [

@@ -387,3 +387,92 @@ fn a_unified_kv_cache_keeps_every_sequence_to_its_own_cells() {
     let fed: u32 = group.iter().map(|f| f.tokens.len() as u32).sum();
     assert!(decoded <= prompt + fed, "the shared prompt was decoded once");
 }
+
+#[test]
+fn a_decode_whose_sequences_are_all_cancelled_stops_inside_llama_decode() {
+    let e = engine();
+    // A prompt of about 1,350 tokens: its prefill is a few long decodes.
+    let long = format!("{} {}", "Count the apples, pears and plums in every basket. ".repeat(100), SHORT);
+    let cancel = CancelHandle::new();
+    let mut batch = e.batch(BatchConfig { slots: 2, slot_context: 2048, threads: Some(2) }).unwrap();
+
+    // Cancelled before its prompt is decoded: nothing is decoded.
+    cancel.cancel();
+    batch.submit(Job { question: long.clone(), options: options(0, 16, 4), samples: vec![Sample { tag: 0, seed: None, listener: Box::new(reckon::events::Silent), cancel: Some(cancel.clone()) }] }).unwrap();
+    let out = batch.run_to_end();
+    assert_eq!(ok(&out[0]).finish, FinishReason::Cancelled);
+    assert_eq!((ok(&out[0]).sampled_tokens, ok(&out[0]).decoded_tokens), (0, 0));
+    assert_eq!((batch.aborted_decodes(), batch.decode_calls()), (0, 0));
+    batch.check_cells().unwrap();
+
+    // A cancelled sequence beside one that is still wanted: no decode is
+    // cut short, the cancelled one's prompt is not decoded at all, the
+    // other runs on (in the same context, after the abort above).
+    let wanted = CancelHandle::new();
+    let sample = |tag, c: &CancelHandle| Sample { tag, seed: None, listener: Box::new(reckon::events::Silent), cancel: Some(c.clone()) };
+    batch.submit(Job { question: long.clone(), options: options(0, 16, 4), samples: vec![sample(1, &cancel)] }).unwrap();
+    batch.submit(Job { question: JANET.into(), options: options(0, 16, 4), samples: vec![sample(2, &wanted)] }).unwrap();
+    let mut out = batch.run_to_end();
+    out.sort_by_key(|f| f.tag);
+    assert_eq!(batch.aborted_decodes(), 0, "nothing aborted while sequence 2 was wanted");
+    assert_eq!(ok(&out[0]).finish, FinishReason::Cancelled);
+    assert_eq!(ok(&out[0]).decoded_tokens, 0, "its prefill was dropped");
+    assert_eq!(ok(&out[1]).total_thinking_tokens(), 16);
+    assert_ne!(ok(&out[1]).finish, FinishReason::Cancelled);
+
+    // Cancelled from another thread while its prompt decodes (1,350
+    // tokens: a second or more on a phone or laptop CPU): llama.cpp's abort
+    // callback stops that decode between two graph nodes.
+    let fresh = CancelHandle::new();
+    batch.submit(Job { question: long, options: options(0, 16, 4), samples: vec![sample(3, &fresh)] }).unwrap();
+    let c = fresh.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        c.cancel();
+    });
+    let out = batch.run_to_end();
+    t.join().unwrap();
+    assert_eq!(ok(&out[0]).finish, FinishReason::Cancelled);
+    assert_eq!(ok(&out[0]).sampled_tokens, 0, "stopped in its prefill");
+    assert_eq!(batch.aborted_decodes(), 1, "the prefill's decode was stopped part-way");
+    batch.check_cells().unwrap();
+}
+
+/// Asked to write `<think>`, the default model with R1 forced writes it in
+/// its answer (as ` <think>`, another tokenization than the prompt's
+/// `<think>\n`): thinking re-opens, and with no budget left is closed again
+/// at once, for as long as it keeps re-opening.
+const REOPENS: &str = "Write the word <think> three times, each on its own line, and nothing else.";
+
+#[test]
+fn a_re_opened_think_block_on_the_default_model_is_closed_again_and_bounded() {
+    let e = r1_engine();
+    let r = e.solve(REOPENS, &options(0, 0, 48), &mut reckon::events::Silent, None).unwrap();
+    let close_and_prefix = (e.delimiters().close.len() + e.delimiters().answer_prefix.len()) as u32;
+    assert!(r.delimiter_tokens >= 2 * close_and_prefix, "the end was forced again after a re-opened block: {} delimiter tokens", r.delimiter_tokens);
+    assert_eq!(r.think_end, Some(ThinkEnd::TokenCap));
+    assert_eq!(r.thinking_tokens, 0, "no budget: every re-opened block is closed at once");
+    // Each opening counts against the answer's bound, so the loop ends there.
+    assert_eq!(r.finish, FinishReason::AnswerCap);
+    assert_eq!(r.answer_tokens, 48);
+    // Re-openings are not shown; the last one, which would pass the bound,
+    // is answer text.
+    assert!(r.answer.matches("think>").count() <= 1, "{:?}", r.answer);
+}
+
+/// The context-full path on the real model: re-opened blocks feed the
+/// forced delimiter again, beyond what the slot reserved (prompt, budgets
+/// and one delimiter, rounded up to 256 cells). Before the answer's bound
+/// is reached, the sequence fills its cells and the answer is ended there,
+/// not decoded past them.
+#[test]
+fn a_sequence_that_fills_its_context_ends_its_answer_at_the_last_cell() {
+    let e = r1_engine();
+    let opts = options(0, 0, 75);
+    let prompt = e.prompt_tokens(REOPENS, &opts).unwrap().len();
+    let cells = e.slot_context(prompt, &opts.budget).unwrap().div_ceil(256) * 256;
+    let r = e.solve(REOPENS, &opts, &mut reckon::events::Silent, None).unwrap();
+    assert_eq!(r.finish, FinishReason::AnswerCap);
+    assert!(r.answer_tokens < 75, "ended by the context, not the answer's bound ({} answer tokens)", r.answer_tokens);
+    assert!(r.decoded_tokens <= cells && r.decoded_tokens + 9 > cells, "{} tokens decoded in {cells} cells", r.decoded_tokens);
+}

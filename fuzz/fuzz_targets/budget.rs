@@ -24,7 +24,7 @@ impl TokenText for Vocab {
 
 fn delimiters(kind: u8) -> Delimiters {
     let r1 = Delimiters {
-        open: vec![6, 4, 5],
+        opens: vec![vec![6, 4, 5]],
         close_triggers: vec![vec![3, 4, 5]],
         close: vec![3, 4, 5],
         close_text: "</think>".into(),
@@ -38,8 +38,8 @@ fn delimiters(kind: u8) -> Delimiters {
     match kind % 3 {
         0 => r1,
         // s1: a control token (renders empty) opens the close.
-        1 => Delimiters { open: vec![IM_START, 4], close_triggers: vec![vec![IM_START]], close: vec![IM_START, 11, 2], close_text: "<|im_start|>answer\n".into(), ..r1 },
-        _ => Delimiters { open: vec![], close_triggers: vec![], close: vec![2, 2], close_text: "\n\n".into(), reply_is_thinking: true, ..r1 },
+        1 => Delimiters { opens: vec![vec![IM_START, 4]], close_triggers: vec![vec![IM_START]], close: vec![IM_START, 11, 2], close_text: "<|im_start|>answer\n".into(), ..r1 },
+        _ => Delimiters { opens: vec![], close_triggers: vec![], close: vec![2, 2], close_text: "\n\n".into(), reply_is_thinking: true, ..r1 },
     }
 }
 

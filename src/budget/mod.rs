@@ -24,9 +24,12 @@
 //!   shown text, so the cap is never exceeded and the text is always valid.
 //! * **Answering**: tokens are answer text until an end-of-turn token or
 //!   `max_answer_tokens`. If the model opens a new think block, the
-//!   controller re-arms: the opening stays in the sequence (not shown) and
-//!   thinking continues on the same budget; with none left (tokens or time),
-//!   the end is forced again at once (delimiter and `Final Answer:` fed).
+//!   controller re-arms: the opening stays in the sequence (not shown, and
+//!   counted as answer tokens) and thinking continues on the same budget;
+//!   with none left (tokens or time), the end is forced again at once
+//!   (delimiter and `Final Answer:` fed). A model that keeps re-opening
+//!   therefore still ends at `max_answer_tokens`; an opening that would
+//!   pass that bound is answer text.
 
 #[cfg(test)]
 mod tests;
@@ -126,9 +129,12 @@ impl BudgetConfig {
 /// The token sequences a think format is made of, already tokenized.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delimiters {
-    /// Opens a think block. Seen in the answer, it re-arms thinking. May be
-    /// empty (plain chat models have no think block).
-    pub open: Vec<TokenId>,
+    /// Sequences that open a think block: the opening, and for an opening
+    /// written as plain text, its other tokenizations (after a space, with
+    /// the line break merged into its last token: see
+    /// [`crate::format::spellings`]). Any of them seen in the answer re-arms
+    /// thinking. Empty for plain chat models (they have no think block).
+    pub opens: Vec<Vec<TokenId>>,
     /// Sequences that end thinking when the model emits them (for s1, the
     /// `<|im_start|>` token alone; for R1, `</think>`). Empty for plain models.
     pub close_triggers: Vec<Vec<TokenId>>,
@@ -457,13 +463,26 @@ impl Controller {
             return;
         }
         self.pending.push(token);
-        let opens = if self.delims.open.is_empty() { Vec::new() } else { vec![self.delims.open.clone()] };
-        match match_pending(&self.pending, &opens) {
+        match match_pending(&self.pending, &self.delims.opens) {
             Match::Full(len) => {
                 self.release_head(len, Segment::Answer, text, step);
+                if self.counts.answer_generated + self.pending.len() as u32 >= self.config.max_answer_tokens {
+                    // No answer tokens left: the opening is answer text, and
+                    // the answer ends (as for a partial opening at the cap).
+                    step.feed.push(token);
+                    step.sampled_fed = 1;
+                    self.release_pending(Segment::Answer, text, step);
+                    self.flush_utf8(Segment::Answer, step);
+                    self.finish(Finish::AnswerCap, step);
+                    return;
+                }
                 self.flush_utf8(Segment::Answer, step);
-                // Re-arm: the opening joins the sequence, thinking resumes on
-                // the same budget (and ends at once if none is left).
+                // Re-arm: the opening joins the sequence (not shown, but
+                // counted against the answer's bound: the model wrote it
+                // there, and a model that keeps re-opening must still end),
+                // thinking resumes on the same budget (and ends at once if
+                // none is left).
+                self.counts.answer_generated += self.pending.len() as u32;
                 self.pending.clear();
                 step.feed.push(token);
                 step.sampled_fed = 1;

@@ -70,7 +70,7 @@ impl TokenText for Vocab {
 
 fn r1() -> Delimiters {
     Delimiters {
-        open: vec![LT, THINK, GT],
+        opens: vec![vec![LT, THINK, GT]],
         close_triggers: vec![vec![LT_SLASH, THINK, GT]],
         close: vec![LT_SLASH, THINK, GT],
         close_text: "</think>".into(),
@@ -85,7 +85,7 @@ fn r1() -> Delimiters {
 
 fn s1() -> Delimiters {
     Delimiters {
-        open: vec![],
+        opens: vec![],
         close_triggers: vec![vec![IM_START]],
         close: vec![IM_START, ANS_WORD, NL],
         close_text: "<|im_start|>answer\n".into(),
@@ -95,7 +95,7 @@ fn s1() -> Delimiters {
 
 fn plain() -> Delimiters {
     Delimiters {
-        open: vec![],
+        opens: vec![],
         close_triggers: vec![],
         close: vec![NL, NL],
         close_text: "\n\n".into(),
@@ -410,6 +410,32 @@ fn a_second_think_block_without_budget_is_closed_at_once() {
     let reasons: Vec<_> = run.injected.iter().map(|i| i.2).collect();
     assert_eq!(reasons, vec![InjectReason::TokenCap, InjectReason::TokenCap]);
     assert!(run.seq.ends_with(&[LT, THINK, GT, LT_SLASH, THINK, GT, FINAL, ANSWER, C]));
+}
+
+#[test]
+fn a_model_that_keeps_re_opening_without_budget_ends_at_the_answer_cap() {
+    // Each opening counts 3 answer tokens. Bound 7: two blocks re-arm (and
+    // are closed again at once), the third opening is cut at its first
+    // token. Bound 6: the second opening would reach the bound: it is text.
+    for (bound, forced, tail, seq_tail) in [
+        (7, 3, "Final Answer:<", vec![FINAL, ANSWER, LT]),
+        (6, 2, "Final Answer:<think>", vec![FINAL, ANSWER, LT, THINK, GT]),
+    ] {
+        let mut cfg = budget(0, 1);
+        cfg.max_answer_tokens = bound;
+        let mut ctl = Controller::new(cfg, r1());
+        let mut stream = vec![A];
+        for _ in 0..10 {
+            stream.extend([LT, THINK, GT]);
+        }
+        let run = drive(&mut ctl, &stream);
+        assert_eq!(ctl.counts().answer_generated, bound, "{:?}", ctl.counts());
+        assert_eq!(run.done, Some(Finish::AnswerCap));
+        let reasons: Vec<_> = run.injected.iter().map(|i| i.2).collect();
+        assert_eq!(reasons, vec![InjectReason::TokenCap; forced], "bound {bound}");
+        assert!(run.answer.ends_with(tail), "bound {bound}: {:?}", run.answer);
+        assert!(run.seq.ends_with(&seq_tail), "bound {bound}: {:?}", run.seq);
+    }
 }
 
 #[test]

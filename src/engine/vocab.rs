@@ -151,9 +151,28 @@ impl Vocab {
     pub(crate) fn delimiters(&self, model: &LlamaModel, format: ThinkFormat) -> Delimiters {
         let s = format.strings();
         let tok = |t: &str| self.tokenize_special(model, t);
+        // A delimiter made of special tokens is matched as they are; one
+        // that is plain text (R1's tags on a vocabulary without them) also
+        // in its other tokenizations, as a model writes it mid-line.
+        let matched = |t: &str| -> Vec<Vec<TokenId>> {
+            let canonical = tok(t);
+            if canonical.is_empty() {
+                return Vec::new();
+            }
+            let mut all = vec![canonical.clone()];
+            if canonical == self.raw_plain(model, t) {
+                for v in crate::format::spellings(t) {
+                    let ids = self.raw_plain(model, &v);
+                    if !ids.is_empty() && !all.contains(&ids) {
+                        all.push(ids);
+                    }
+                }
+            }
+            all
+        };
         Delimiters {
-            open: tok(s.open),
-            close_triggers: s.close_triggers.iter().map(|t| tok(t)).collect(),
+            opens: matched(s.open),
+            close_triggers: s.close_triggers.iter().flat_map(|t| matched(t)).collect(),
             close: tok(s.close),
             close_text: s.close.to_string(),
             answer_prefix: tok(s.answer_prefix),

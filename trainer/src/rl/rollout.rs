@@ -83,7 +83,7 @@ pub fn s1_delimiters(tok: &Tok) -> Result<Delimiters> {
     let im_end = tok.id("<|im_end|>").map(|t| t as TokenId);
     let eot = tok.id("<|endoftext|>").map(|t| t as TokenId);
     Ok(Delimiters {
-        open: ids(tok.encode_scaffold(s.open)?),
+        opens: vec![ids(tok.encode_scaffold(s.open)?)],
         close_triggers: s.close_triggers.iter().map(|t| Ok(ids(tok.encode_scaffold(t)?))).collect::<Result<_>>()?,
         close: ids(tok.encode_scaffold(s.close)?),
         close_text: s.close.to_string(),
