@@ -12,6 +12,8 @@
 #   3. grpo   GRPO on the SFT adapters (results/claim-gsm8k-0.5b/grpo.toml),
 #             rollouts on the engine -> rl.gguf (f16 adapter)
 #   4. eval   base, base+SFT, base+SFT+RL on test problems 0..200
+#   5. quant  the merged SFT+RL model as F32, Q8_0 and Q4_K_M GGUFs: per-token
+#             agreement with the F32 merge (`reckon compare`) on the eval texts
 #
 # Every stage resumes where it stopped: run the same command again. Work
 # goes under runs/claim/ (not committed); what the next session needs to
@@ -20,7 +22,7 @@
 # stage in progress (adapters and moments only).
 #
 #   bash scripts/claim-gsm8k.sh            # run (or resume) every stage
-#   bash scripts/claim-gsm8k.sh STAGE      # one stage: data | sft | pilot | grpo | eval
+#   bash scripts/claim-gsm8k.sh STAGE      # one stage: data | sft | pilot | grpo | eval | quant
 #   bash scripts/claim-gsm8k.sh park       # copy the stage in progress into results/ to commit
 #                                          # (bf16 moments; once a session: a submission is size-capped)
 #   bash scripts/claim-gsm8k.sh status     # where each stage stands
@@ -155,6 +157,10 @@ stage_grpo() {
   timed grpo "$RT" grpo --config "$RES/grpo.toml" --out "$RUN/grpo" --json > "$RUN/grpo.out.json"
   local ck; ck=$(latest grpo)
   "$RT" export --checkpoint "$ck" --adapter --type f16 --out "$RES/rl.gguf" --force
+  # The final adapters without moments (35 MB): what the merged exports of
+  # the quant stage are made from, on any machine.
+  rm -rf "$RES/checkpoints/rl"
+  "$RT" slim --checkpoint "$ck" --out "$RES/checkpoints/rl"
   cp "$RUN/grpo/metrics.jsonl" "$RES/grpo-metrics.jsonl"
   cp "$RUN/grpo"/*.png "$RES/" 2>/dev/null || true
   rm -rf "$RES/resume/grpo"
@@ -179,6 +185,26 @@ stage_eval() {
   timed eval "$RK" eval "${common[@]}" --out "$RES/eval" \
     --model "$MODEL" --model "$MODEL+$RES/sft.gguf" --model "$MODEL+$RES/rl.gguf" --json > "$RES/eval-summary.json"
   log "eval: done ($RES/eval)"
+}
+
+# The merged SFT+RL model exported to F32, Q8_0 and Q4_K_M: per token,
+# teacher-forced on the RL model's evaluation texts (test problems, cap 512),
+# does each answer like the F32 merge? Base+adapter (what rl.gguf ships as)
+# is measured the same way. The exports are written to runs/ (not committed).
+QUANT_TEXTS=${QUANT_TEXTS:-200}
+stage_quant() {
+  ls "$RES"/checkpoints/rl/step-*/manifest.json >/dev/null 2>&1 || stage_grpo
+  local texts="$RES/eval/records/qwen2.5-coder-0.5b-instruct-q4_k_m+rl/cap512.jsonl"
+  [ -f "$texts" ] || stage_eval
+  local ck; ck=$(ls -d "$RES"/checkpoints/rl/step-* | tail -1)
+  mkdir -p "$RUN/merged"
+  for t in f32 q8_0 q4_k_m; do
+    [ -f "$RUN/merged/rl-$t.gguf" ] || "$RT" export --checkpoint "$ck" --type $t --out "$RUN/merged/rl-$t.gguf" --name "reckon-claim-rl-$t"
+  done
+  log "quant: teacher-forced agreement with the F32 merge over $QUANT_TEXTS texts"
+  timed quant "$RK" compare --reference "$RUN/merged/rl-f32.gguf" --records "$texts" --limit "$QUANT_TEXTS" --threads 2 --format s1 \
+    --model "$RUN/merged/rl-q8_0.gguf" --model "$RUN/merged/rl-q4_k_m.gguf" --model "$MODEL+$RES/rl.gguf" --json > "$RES/quant-agreement.json"
+  log "quant: done ($RES/quant-agreement.json)"
 }
 
 park() {
@@ -210,8 +236,9 @@ case "${1:-all}" in
   grpo) stage_grpo ;;
   pilot) stage_pilot ;;
   eval) stage_eval ;;
+  quant) stage_quant ;;
   park) park ;;
   status) status ;;
-  all) stage_data; stage_sft; stage_grpo; stage_eval ;;
-  *) echo "usage: $0 [data|sft|pilot|grpo|eval|park|status]" >&2; exit 2 ;;
+  all) stage_data; stage_sft; stage_grpo; stage_eval; stage_quant ;;
+  *) echo "usage: $0 [data|sft|pilot|grpo|eval|quant|park|status]" >&2; exit 2 ;;
 esac

@@ -96,11 +96,45 @@ enum Command {
     /// Measure prefill, decode, time to first token and memory; compare a
     /// budget-forced solve with a bare llama.cpp decode loop.
     Bench(bench::BenchArgs),
+    /// Teacher-forced agreement with a reference model: over the texts of an
+    /// eval records file (question, thinking, answer), how often each model's
+    /// most likely next token is the reference's, and the mean KL(reference
+    /// ‖ model) of the next-token distributions, per completion token. For
+    /// files of one model: quantized exports against the F32 one, a base
+    /// with an adapter against the merged export.
+    Compare(CompareArgs),
     /// Serve the model over HTTP: an OpenAI-compatible API
     /// (POST /v1/chat/completions, streaming or not, with per-request
     /// thinking budgets), GET /v1/models, GET /health, and a tutor page at /.
     #[cfg(feature = "server")]
     Serve(serve::ServeArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The reference GGUF (MODEL.gguf+ADAPTER.gguf for a base with an adapter).
+    #[arg(long)]
+    reference: String,
+    /// GGUF model(s) to compare with it (repeat the flag; MODEL+ADAPTER as
+    /// for --reference).
+    #[arg(long, short, required = true)]
+    model: Vec<String>,
+    /// An eval records file (`records/<model>/<config>.jsonl`): its
+    /// questions, thinking and answers are the texts.
+    #[arg(long)]
+    records: PathBuf,
+    /// Compare at most N texts.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Think format for every model: s1, r1 or plain (default: detected).
+    #[arg(long)]
+    format: Option<ThinkFormat>,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -325,6 +359,7 @@ impl Cli {
             Command::Info { json, .. } => *json,
             Command::Eval(a) => a.json,
             Command::Bench(a) => a.json(),
+            Command::Compare(a) => a.json,
             _ => false,
         }
     }
@@ -379,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => done(bench::run(args)),
         Command::Eval(args) => done(eval(args)),
+        Command::Compare(args) => done(compare(args)),
         #[cfg(feature = "server")]
         Command::Serve(args) => done(serve::run(args)),
     }
@@ -705,6 +741,35 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     } else {
         outln!("{}", eval::report::markdown(&summary).trim_end());
         outln!("\nwritten to {}: records/, summary.json, summary.md, accuracy_vs_tokens.png/.svg", args.out.display());
+    }
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    use reckon::eval::compare::{compare, texts_from_records};
+    use reckon::eval::EvalModel;
+    let texts = texts_from_records(&args.records, args.limit)?;
+    if texts.is_empty() {
+        bad!("{} holds no records to compare over", args.records.display());
+    }
+    let load = |spec: &str| -> anyhow::Result<Engine> {
+        let m = EvalModel::parse(spec)?;
+        Ok(Engine::load(&m.path, EngineOptions { adapter: m.adapter, format: args.format, ..EngineOptions::default() })?)
+    };
+    let reference = load(&args.reference)?;
+    let engines = args.model.iter().map(|m| load(m)).collect::<anyhow::Result<Vec<_>>>()?;
+    let models: Vec<(String, &Engine)> = args.model.iter().cloned().zip(engines.iter()).collect();
+    let bar = if args.json || !std::io::stderr().is_terminal() { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(texts.len() as u64) };
+    let rows = compare(&reference, &models, &texts, args.threads, || bar.inc(1))?;
+    bar.finish_and_clear();
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "reference": args.reference, "records": args.records, "models": rows }))?);
+    } else {
+        outln!("against {} over {} texts of {}:\n", args.reference, texts.len(), args.records.display());
+        outln!("| model | positions | top-1 agreement | mean KL (nats) | max KL |\n|---|---:|---:|---:|---:|");
+        for r in &rows {
+            outln!("| {} | {} | {:.4} | {:.5} | {:.3} |", r.model, r.positions, r.top1_agreement, r.mean_kl, r.max_kl);
+        }
     }
     Ok(())
 }

@@ -261,3 +261,48 @@ fn records_made_from_other_data_or_another_model_file_are_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("another file of that name"), "{err}");
 }
+
+/// `reckon compare`: a model against itself agrees at every position with
+/// zero KL; with the claim's SFT adapter it predicts differently (an s1
+/// format over the same texts), and the figures say so.
+#[test]
+fn compare_measures_teacher_forced_agreement() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let records = root.join("results/gsm8k-test200-qwen2.5-coder-0.5b/records/qwen2.5-coder-0.5b-instruct-q4_k_m/cap256.jsonl");
+    let adapter = root.join("results/claim-gsm8k-0.5b/sft.gguf");
+    let model = model_path();
+    let with_adapter = format!("{}+{}", model.display(), adapter.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_reckon"))
+        .args(["compare", "--threads", "2", "--limit", "2", "--json", "--format", "plain", "--reference"])
+        .arg(&model)
+        .arg("--model")
+        .arg(&model)
+        .args(["--model", &with_adapter, "--records"])
+        .arg(&records)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["models"].as_array().unwrap();
+    let (same, adapted) = (&rows[0], &rows[1]);
+    // Two records: 256 and 200 thinking tokens.
+    assert!(same["positions"].as_u64().unwrap() > 400, "{same}");
+    assert_eq!(same["positions"], adapted["positions"]);
+    assert_eq!(same["top1_agreement"].as_f64().unwrap(), 1.0, "{same}");
+    assert!(same["mean_kl"].as_f64().unwrap() < 1e-9, "{same}");
+    let agree = adapted["top1_agreement"].as_f64().unwrap();
+    assert!(agree < 0.999 && agree > 0.3, "an adapter changes some predictions, not all: {adapted}");
+    assert!(adapted["mean_kl"].as_f64().unwrap() > 1e-3, "{adapted}");
+
+    // Files of different vocabularies (or a missing file) are refused.
+    let bad = Command::new(env!("CARGO_BIN_EXE_reckon"))
+        .args(["compare", "--reference"])
+        .arg(&model)
+        .args(["--model", "/nonexistent.gguf", "--records"])
+        .arg(&records)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}

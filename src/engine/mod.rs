@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::{Batch, BatchConfig, Finished, Job, Sample, SeqToken, Trace, MAX_SLOTS};
 pub use sampling::SamplingConfig;
-pub use session::{BareDecode, SolveOptions};
+pub use session::{BareDecode, SolveOptions, TeacherForced};
 pub use threads::{default_threads, performance_cores};
 pub use vocab::Vocab;
 

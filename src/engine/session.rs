@@ -350,18 +350,29 @@ impl Engine {
     /// attention is off here (F16 and auto in `solve`), so an F32 model's
     /// logits are full precision.
     pub fn logits(&self, tokens: &[TokenId], threads: Option<u32>) -> Result<Vec<Vec<f32>>> {
+        let mut forced = self.teacher_forced(tokens.to_vec(), threads)?;
+        let mut rows = Vec::with_capacity(tokens.len());
+        loop {
+            let span = forced.advance()?;
+            if span.is_empty() {
+                return Ok(rows);
+            }
+            rows.extend(span.map(|p| forced.logits(p).to_vec()));
+        }
+    }
+
+    /// Teacher forcing over `tokens` in a fresh context (F32 cache, flash
+    /// attention off, as [`Engine::logits`]), a chunk at a time, so that
+    /// sequences of any length fit and two models can be stepped side by
+    /// side: see [`TeacherForced`].
+    pub fn teacher_forced(&self, tokens: Vec<TokenId>, threads: Option<u32>) -> Result<TeacherForced<'_>> {
         let opts = SolveOptions { threads, ..SolveOptions::default() };
-        if tokens.is_empty() || tokens.len() > BATCH || tokens.len() as u32 > self.context_limit() {
-            return Err(ReckonError::Internal(format!("logits: give 1 to {BATCH} tokens (got {})", tokens.len())));
+        if tokens.is_empty() || tokens.len() as u64 >= u64::from(self.context_limit()) {
+            return Err(ReckonError::PromptTooLong { prompt_tokens: tokens.len().min(u32::MAX as usize) as u32, budget_tokens: 0, context_limit: self.context_limit() });
         }
         let n_ctx = (tokens.len() as u64 + 1).div_ceil(256) * 256;
-        let mut seq = Seq::with_cache(self, n_ctx as u32, opts.threads()?, true)?;
-        seq.batch.clear();
-        for (i, &t) in tokens.iter().enumerate() {
-            seq.batch.add(LlamaToken(t), i as i32, &[0], true).map_err(|e| ReckonError::Decode(e.to_string()))?;
-        }
-        seq.ctx.decode(&mut seq.batch).map_err(|e| ReckonError::Decode(e.to_string()))?;
-        Ok((0..tokens.len() as i32).map(|i| seq.ctx.get_logits_ith(i).to_vec()).collect())
+        let seq = Seq::with_cache(self, n_ctx.min(u64::from(self.context_limit())) as u32, opts.threads()?, true)?;
+        Ok(TeacherForced { seq, tokens, next: 0, chunk: 0 })
     }
 
     /// Time a prefill of `tokens` in a fresh context (what a stateless
@@ -373,5 +384,47 @@ impl Engine {
         let t = Instant::now();
         seq.feed(tokens)?;
         Ok(ms(t.elapsed()))
+    }
+}
+
+/// A sequence decoded chunk by chunk with logits at every position (see
+/// [`Engine::teacher_forced`]).
+pub struct TeacherForced<'a> {
+    seq: Seq<'a>,
+    tokens: Vec<TokenId>,
+    next: usize,
+    chunk: usize,
+}
+
+impl TeacherForced<'_> {
+    /// Decode the next chunk (up to 512 tokens); returns the positions it
+    /// covers, empty once the sequence is done. [`Self::logits`] reads them.
+    pub fn advance(&mut self) -> Result<std::ops::Range<usize>> {
+        let start = self.next;
+        let end = (start + BATCH).min(self.tokens.len());
+        if start == end {
+            return Ok(start..end);
+        }
+        self.seq.batch.clear();
+        for (i, &t) in self.tokens[start..end].iter().enumerate() {
+            self.seq.batch.add(LlamaToken(t), (start + i) as i32, &[0], true).map_err(|e| ReckonError::Decode(e.to_string()))?;
+        }
+        self.seq.ctx.decode(&mut self.seq.batch).map_err(|e| ReckonError::Decode(e.to_string()))?;
+        self.seq.pos = end as u32;
+        self.next = end;
+        self.chunk = start;
+        Ok(start..end)
+    }
+
+    /// The logits after position `pos` of the chunk last decoded (the
+    /// distribution of token `pos + 1`).
+    pub fn logits(&self, pos: usize) -> &[f32] {
+        assert!((self.chunk..self.next).contains(&pos), "position {pos} is not in the chunk last decoded ({}..{})", self.chunk, self.next);
+        self.seq.ctx.get_logits_ith((pos - self.chunk) as i32)
+    }
+
+    /// The tokens being forced.
+    pub fn tokens(&self) -> &[TokenId] {
+        &self.tokens
     }
 }

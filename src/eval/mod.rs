@@ -6,6 +6,7 @@
 //! reads them back and solves only what is missing. A half-written last line
 //! (a kill in the middle of a write) is cut off and redone.
 
+pub mod compare;
 pub mod data;
 pub mod plot;
 pub mod report;
