@@ -59,10 +59,12 @@ class Sampler:
         end = self.samples[-1][0]
         first = [m for t, m in self.samples if t <= 60] or [self.samples[0][1]]
         last = [m for t, m in self.samples if t >= end - 60] or [self.samples[-1][1]]
+        minutes = [[m for t, m in self.samples if k * 60 <= t < (k + 1) * 60] for k in range(int(end // 60) + 1)]
         return {
             "rss_first_minute_mib": statistics.median(first),
             "rss_last_minute_mib": statistics.median(last),
             "rss_max_mib": max(m for _, m in self.samples),
+            "rss_by_minute_mib": [round(statistics.median(v), 1) for v in minutes if v],
             "rss_samples": len(self.samples),
         }
 
@@ -184,9 +186,15 @@ def soak_slots():
     return figures
 
 
-report = {"workers": WORKERS, "minutes": float(MINUTES), "threads": soak_threads(), "slots": soak_slots()}
+# SOAK_SHAPES=threads (or slots) runs one shape alone.
+SHAPES = os.environ.get("SOAK_SHAPES", "threads,slots").split(",")
+report = {"workers": WORKERS, "minutes": float(MINUTES)}
+if "threads" in SHAPES:
+    report["threads"] = soak_threads()
+if "slots" in SHAPES:
+    report["slots"] = soak_slots()
 with open(OUT, "w") as f:
     json.dump(report, f, indent=1)
 print(json.dumps(report, indent=1))
-bad = report["threads"]["errors"] + report["slots"]["errors"] + report["slots"]["slots_busy_after"]
+bad = sum(report[k]["errors"] for k in ("threads", "slots") if k in report) + report.get("slots", {}).get("slots_busy_after", 0)
 sys.exit(1 if bad else 0)

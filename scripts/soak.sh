@@ -5,7 +5,7 @@
 # the figures (solves, cancels, errors, RSS of the first and last minute)
 # to target/soak.json; fails on any error. Run it alone: it is a measurement.
 #
-#   bash scripts/soak.sh [MINUTES]
+#   bash scripts/soak.sh [MINUTES]            # SOAK_SHAPES=threads or slots: one shape
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}

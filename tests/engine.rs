@@ -244,3 +244,31 @@ fn two_solves_at_once_on_one_model() {
         assert_eq!(r.answer, alone.answer);
     }
 }
+
+/// CJK and emoji questions, answered in kind: at every cap the thinking is
+/// whole characters (a character cut by the cap has its byte tokens rolled
+/// back and uncounted, never shown half), and the cap is met exactly unless
+/// such a cut was rolled back. (Qwen2.5's vocabulary holds these characters
+/// as whole tokens, so on this model the cap lands between characters; the
+/// cut itself is exercised on scripted streams in `budget/tests.rs`.)
+#[test]
+fn caps_on_cjk_and_emoji_thinking_leave_whole_characters() {
+    let e = engine();
+    let questions = [
+        ("一个农场有15只鸡和8头牛。一共有多少条腿？请用中文一步一步地思考。", '\u{4e00}'..='\u{9fff}'),
+        ("Answer using only emoji: 🍎🍎🍎 plus 🍎🍎 makes how many 🍎? Show each step with emoji.", '\u{1f300}'..='\u{1faff}'),
+    ];
+    for (q, range) in questions {
+        let mut seen = false;
+        for cap in [1, 2, 3, 5, 8, 13, 21] {
+            let r = e.solve(q, &options(0, cap, 4), &mut Silent, None).unwrap();
+            assert!(!r.thinking.contains('\u{FFFD}'), "cap {cap}: half a character shown: {:?}", r.thinking);
+            assert!(r.total_thinking_tokens() <= cap, "cap {cap}");
+            if r.rolled_back_tokens == 0 {
+                assert_eq!(r.total_thinking_tokens(), cap, "cap {cap}: {:?}", r.thinking);
+            }
+            seen |= r.thinking.chars().any(|c| range.contains(&c));
+        }
+        assert!(seen, "the model's thinking on {q:?} holds characters of the question's script");
+    }
+}
