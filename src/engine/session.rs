@@ -422,9 +422,4 @@ impl TeacherForced<'_> {
         assert!((self.chunk..self.next).contains(&pos), "position {pos} is not in the chunk last decoded ({}..{})", self.chunk, self.next);
         self.seq.ctx.get_logits_ith((pos - self.chunk) as i32)
     }
-
-    /// The tokens being forced.
-    pub fn tokens(&self) -> &[TokenId] {
-        &self.tokens
-    }
 }
