@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     extension_cap: u32,
     /// Cancels to time from another thread, each once while decoding and
-    /// once during the prompt's decode.
+    /// once during the prompt's decode (0: none).
     #[arg(long, default_value_t = 20)]
     cancels: u32,
     /// Parallel sequence counts to measure (e.g. 1,4,8,16): N greedy
@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// EngineOptions::unified_kv) instead of one stream per sequence.
     #[arg(long)]
     unified_kv: bool,
+    /// Batches compute attention without llama.cpp's flash-attention kernel
+    /// (see EngineOptions::flash_attention; the trainer's rollouts do).
+    #[arg(long)]
+    no_flash_attn: bool,
     /// The question.
     #[arg(long, default_value = SAMPLE_QUESTION)]
     question: String,
@@ -152,7 +156,8 @@ struct CancelRow {
     /// The same in decode steps of those solves (target: p99 <= 1).
     p50_steps: f64,
     p99_steps: f64,
-    /// Milliseconds per decode step (a cancel is seen at the next step).
+    /// Milliseconds per decode step of the model's solve (a cancel is seen
+    /// at the next step).
     ms_per_step: f64,
     /// Cancels that land while the prompt is decoded wait for that decode:
     /// their median and slowest latency, and the prompt's prefill time.
@@ -379,21 +384,21 @@ fn parallel_rows(engine: &Engine, args: &BenchArgs, opts: &SolveOptions, bar: &i
 /// of a decode step once the first token is out; prefill cancels come at
 /// moments spread over the prompt's decode (llama.cpp's abort callback
 /// stops that decode; the prompt's whole prefill is timed apart).
-fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indicatif::ProgressBar) -> anyhow::Result<CancelRow> {
+fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, ms_per_step: f64, bar: &indicatif::ProgressBar) -> anyhow::Result<CancelRow> {
     let opts = SolveOptions {
         budget: BudgetConfig { min_thinking_tokens: 4000, max_thinking_tokens: 4096, ..base.budget.clone() },
         ..base.clone()
     };
     let prompt = engine.prompt_tokens(&args.question, &opts)?;
     let prompt_prefill_ms = engine.prefill_ms(&prompt, opts.threads)?;
-    let (mut decoding, mut prefill, mut per_token) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..args.cancels.max(1) {
+    let (mut decoding, mut prefill) = (Vec::new(), Vec::new());
+    for i in 0..args.cancels {
         for during_prefill in [false, true] {
             let cancel = reckon::events::CancelHandle::new();
             let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
             let handle = cancel.clone();
             // Prefill cancels spread over the prompt's decode time.
-            let n = f64::from(args.cancels.max(1));
+            let n = f64::from(args.cancels);
             let delay = if during_prefill {
                 std::time::Duration::from_secs_f64(prompt_prefill_ms * (f64::from(i) + 0.5) / n / 1e3)
             } else {
@@ -424,7 +429,6 @@ fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indi
                 prefill.push(ms);
             } else {
                 decoding.push(ms);
-                per_token.push(1e3 / r.timings.decode_tok_s.max(1e-9));
             }
         }
         bar.inc(1);
@@ -432,7 +436,6 @@ fn cancel_row(engine: &Engine, args: &BenchArgs, base: &SolveOptions, bar: &indi
     decoding.sort_by(f64::total_cmp);
     let p99_ms = decoding[((0.99 * decoding.len() as f64).ceil() as usize).clamp(1, decoding.len()) - 1];
     let cancels = decoding.len() as u32;
-    let ms_per_step = median(per_token);
     let p50_ms = median(decoding);
     let prefill_max_ms = prefill.iter().copied().fold(0.0, f64::max);
     Ok(CancelRow {
@@ -457,7 +460,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let repeat = u64::from(args.repeat.max(1));
     let n_parallel = if args.parallel.is_empty() { 0 } else { args.parallel.len() as u64 + 1 };
-    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1 + n_parallel) + u64::from(args.cancels.max(1)))?;
+    let bar = bar(args.json, repeat * (2 * paths.len() as u64 + 1 + n_parallel) + u64::from(args.cancels))?;
     let mut rows = Vec::new();
     let mut extension = None;
     let mut cancel = None;
@@ -465,6 +468,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (i, path) in paths.iter().enumerate() {
         let options = EngineOptions {
             unified_kv: args.unified_kv,
+            flash_attention: !args.no_flash_attn,
             adapter: args.adapter.clone(),
             format: args.format,
             max_context: args.ctx,
@@ -474,7 +478,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows.push(model_row(&engine, &args, &opts, &bar)?);
         if i == 0 {
             extension = Some(extension_row(&engine, &args, &opts, &bar)?);
-            cancel = Some(cancel_row(&engine, &args, &opts, &bar)?);
+            if args.cancels > 0 {
+                // A step of this model's own solve: cancelled solves stop
+                // too early for their decode rate to mean anything.
+                let ms_per_step = 1e3 / rows[0].solve_decode_tok_s.max(1e-9);
+                cancel = Some(cancel_row(&engine, &args, &opts, ms_per_step, &bar)?);
+            }
             if !args.parallel.is_empty() {
                 parallel = parallel_rows(&engine, &args, &opts, &bar)?;
             }
