@@ -598,6 +598,7 @@ impl Engine {
                 adapter: options.adapter_path.map(Into::into),
                 adapter_scale: options.adapter_scale,
                 unified_kv: false,
+                flash_attention: true,
             };
             let inner = reckon::Engine::load(&model_path, core)?;
             Ok(Arc::new(Self { inner }))

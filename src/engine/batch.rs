@@ -266,7 +266,7 @@ impl Engine {
         }
         let t = Instant::now();
         let abort = Box::<AbortGate>::default();
-        let ctx = self.new_context(batch_params(total as u32, config.slots, threads, self.options.unified_kv, Some(&abort)))?;
+        let ctx = self.new_context(batch_params(total as u32, config.slots, threads, self.options.unified_kv, self.options.flash_attention, Some(&abort)))?;
         let n_vocab = self.vocab.len();
         Ok(Batch {
             engine: self,

@@ -90,6 +90,19 @@ pub struct EngineOptions {
     /// over the shared cache and rounds differently). Off by default.
     #[serde(default)]
     pub unified_kv: bool,
+    /// Batches compute attention with llama.cpp's flash-attention kernel
+    /// (its own default on CPU). Off, attention is plain matrix products:
+    /// on a 2-core Sapphire Rapids, 32 sequences decoded 1.89x faster
+    /// (43.1 -> 81.4 tok/s) and one 1.24x, but the compute buffer then
+    /// holds a KQ matrix per head over the ubatch and the whole context, so
+    /// long contexts cost more memory. The trainer's rollouts (short
+    /// contexts, 32 sequences) turn it off; solves keep the default.
+    #[serde(default = "yes")]
+    pub flash_attention: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for EngineOptions {
@@ -101,6 +114,7 @@ impl Default for EngineOptions {
             adapter: None,
             adapter_scale: 1.0,
             unified_kv: false,
+            flash_attention: true,
         }
     }
 }

@@ -163,14 +163,15 @@ pub(super) fn per_second(n: u32, ms: f64) -> f64 {
 /// are one ubatch whatever slots are live and a prompt copied to G sequences
 /// is stored once (`seq_cp` shares cells). With `abort`, llama.cpp asks that
 /// gate between graph nodes whether to stop the decode in flight (see
-/// [`AbortGate`]); the gate must outlive the context.
+/// [`AbortGate`]); the gate must outlive the context. Without `flash`,
+/// attention is computed without llama.cpp's flash-attention kernel.
 ///
 /// llama-cpp-2 exposes no setter for `kv_unified` or the abort callback, so
 /// they are set on the wrapped `llama_context_params` directly, after
 /// checking that the wrapper is exactly that struct (same size, known fields
 /// read back through the pointer); if not, the cache stays split per
 /// sequence and cancels wait for the decode in flight, which is correct too.
-pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool, abort: Option<&AbortGate>) -> LlamaContextParams {
+pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool, flash: bool, abort: Option<&AbortGate>) -> LlamaContextParams {
     let mut params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(BATCH as u32)
@@ -178,6 +179,9 @@ pub(super) fn batch_params(n_ctx: u32, slots: u32, threads: i32, unified: bool, 
         .with_n_seq_max(slots)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
+    if !flash {
+        params = params.with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    }
     let unified = unified && slots > 1;
     if (unified || abort.is_some()) && std::mem::size_of::<LlamaContextParams>() == std::mem::size_of::<llama_cpp_sys_2::llama_context_params>() {
         let raw = (&mut params as *mut LlamaContextParams).cast::<llama_cpp_sys_2::llama_context_params>();
@@ -270,7 +274,7 @@ impl Engine {
                 fits: (u64::from(self.context_limit()) / slot) as u32,
             });
         }
-        let mut ctx = self.new_context(batch_params(total as u32, n_seq, threads, self.options.unified_kv, None))?;
+        let mut ctx = self.new_context(batch_params(total as u32, n_seq, threads, self.options.unified_kv, self.options.flash_attention, None))?;
         let mut batch = LlamaBatch::new(BATCH, 1);
         let err = |e: &dyn std::fmt::Display| ReckonError::Decode(e.to_string());
         let t = Instant::now();
