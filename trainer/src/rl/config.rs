@@ -73,6 +73,11 @@ pub struct RolloutSection {
     pub backend: Option<Backend>,
     /// Engine rollouts: sequences decoded together (up to prompts × group).
     pub engine_slots: u32,
+    /// Engine rollouts: attention with llama.cpp's flash-attention kernel
+    /// (its default). `false` decoded 32 sequences of the 0.5B model 1.7x
+    /// faster on 2 CPU cores (results/trainer-speed); it changes kernel
+    /// numerics only, so a run may resume with it changed.
+    pub engine_flash_attention: bool,
 }
 
 /// The rollout backend.
@@ -104,6 +109,7 @@ impl Default for RolloutSection {
             max_thinking_tokens: None,
             backend: None,
             engine_slots: 32,
+            engine_flash_attention: true,
         }
     }
 }

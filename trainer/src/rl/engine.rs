@@ -76,7 +76,7 @@ pub struct EngineRollout {
 
 impl EngineRollouts {
     /// Load `base` with `model`'s current adapter.
-    pub fn open(base: EngineBase, model: &Qwen2, slots: u32, threads: Option<u32>) -> Result<Self> {
+    pub fn open(base: EngineBase, model: &Qwen2, slots: u32, threads: Option<u32>, flash_attention: bool) -> Result<Self> {
         if model.lora().is_none() {
             bail!(
                 "rollout.backend = \"engine\" needs [lora]: with full fine-tuning the engine would have to write and reload the whole model every step; train adapters, or set rollout.backend = \"trainer\""
@@ -84,7 +84,7 @@ impl EngineRollouts {
         }
         let dir = tempfile::tempdir().context("temporary directory for rollout adapters")?;
         let first = write_step_adapter(dir.path(), 0, &base, model)?;
-        let opts = EngineOptions { format: Some(reckon::format::ThinkFormat::S1), adapter: Some(first), ..Default::default() };
+        let opts = EngineOptions { format: Some(reckon::format::ThinkFormat::S1), adapter: Some(first), flash_attention, ..Default::default() };
         let engine = Engine::load(&base.gguf, opts).with_context(|| format!("loading {} for rollouts", base.gguf.display()))?;
         Ok(Self { engine, base, dir, written: 0, slots, threads })
     }

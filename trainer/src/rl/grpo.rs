@@ -92,6 +92,12 @@ pub struct GrpoMetrics {
     pub rollout_tokens_per_s: f64,
     /// Training throughput (forward + backward tokens).
     pub train_tokens_per_s: f64,
+    /// Seconds of this step's rollouts (the engine's adapter swap included).
+    #[serde(default)]
+    pub rollout_s: f64,
+    /// Seconds of this step's policy update.
+    #[serde(default)]
+    pub train_s: f64,
     /// Seconds so far.
     pub elapsed_s: f64,
 }
@@ -160,7 +166,7 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
     // checkpoint's own base, under the run's adapters alone.
     let engine_source = if run.state.continued_from.is_some() { run.state.source.clone() } else { cfg.model.source.clone() };
     let mut engine = match cfg.rollout.backend(Path::new(&engine_source))? {
-        Some(base) => Some(EngineRollouts::open(base, &run.model, cfg.rollout.engine_slots, None)?),
+        Some(base) => Some(EngineRollouts::open(base, &run.model, cfg.rollout.engine_slots, None, cfg.rollout.engine_flash_attention)?),
         None => None,
     };
     let pieces = Pieces::new(&run.tok);
@@ -245,6 +251,8 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             lr,
             rollout_tokens_per_s: rollout_tokens as f64 / rollout_s,
             train_tokens_per_s: update.tokens as f64 / train_s,
+            rollout_s,
+            train_s,
             elapsed_s: 0.0,
         };
         Ok(StepDone { row, tokens: rollout_tokens as u64 })

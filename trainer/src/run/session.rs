@@ -355,6 +355,10 @@ fn same_training(a: &serde_json::Value, b: &serde_json::Value) -> bool {
             ck.remove("every");
             ck.remove("keep_last");
         }
+        // Kernel choice, not the recipe.
+        if let Some(r) = v.get_mut("rollout").and_then(|c| c.as_object_mut()) {
+            r.remove("engine_flash_attention");
+        }
         v
     };
     strip(a) == strip(b)
@@ -418,6 +422,12 @@ mod tests {
         assert!(!same_training(&a, &lr));
         let layout = serde_json::json!({"checkpoint": {"every": 3, "keep_last": 2, "adapter_only": false}, "optim": {"lr": 3e-5}});
         assert!(!same_training(&a, &layout));
+        // The rollout kernel may change (a run made before the setting existed resumes with it).
+        let old = serde_json::json!({"rollout": {"group_size": 8}, "optim": {"lr": 3e-5}});
+        let kernel = serde_json::json!({"rollout": {"group_size": 8, "engine_flash_attention": false}, "optim": {"lr": 3e-5}});
+        assert!(same_training(&old, &kernel));
+        let group = serde_json::json!({"rollout": {"group_size": 4, "engine_flash_attention": false}, "optim": {"lr": 3e-5}});
+        assert!(!same_training(&old, &group));
     }
 
     #[test]
