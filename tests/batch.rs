@@ -476,3 +476,34 @@ fn a_sequence_that_fills_its_context_ends_its_answer_at_the_last_cell() {
     assert!(r.answer_tokens < 75, "ended by the context, not the answer's bound ({} answer tokens)", r.answer_tokens);
     assert!(r.decoded_tokens <= cells && r.decoded_tokens + 9 > cells, "{} tokens decoded in {cells} cells", r.decoded_tokens);
 }
+
+#[test]
+fn batches_without_flash_attention_keep_caps_cells_and_greedy_choices() {
+    // The trainer's rollouts turn llama.cpp's flash-attention kernel off
+    // (EngineOptions::flash_attention): the same batch then computes
+    // attention as plain matrix products. Budgets and cells are unchanged,
+    // and greedy choices stay those of the default kernel (up to rounding).
+    let ps = problems(4);
+    let run = |flash_attention: bool| -> Vec<Finished> {
+        let e = Engine::load(common::model_path(), EngineOptions { flash_attention, ..EngineOptions::default() }).unwrap();
+        let mut batch = e.batch(BatchConfig { slots: 4, slot_context: 512, threads: Some(2) }).unwrap();
+        for (i, p) in ps.iter().enumerate() {
+            batch.submit(Job::single(i as u64, p.question.clone(), options(0, 16, 8))).unwrap();
+        }
+        let mut done = Vec::new();
+        while !batch.is_idle() {
+            done.extend(batch.step());
+            batch.check_cells().unwrap();
+        }
+        done.sort_by_key(|f| f.tag);
+        done
+    };
+    let (plain, flash) = (run(false), run(true));
+    assert_eq!(plain.len(), 4);
+    for f in &plain {
+        assert_eq!(ok(f).total_thinking_tokens(), 16);
+    }
+    let first = |f: &Finished| f.tokens.iter().find(|t| t.sampled).map(|t| t.id);
+    let same = plain.iter().zip(&flash).filter(|(a, b)| first(a) == first(b)).count();
+    assert!(same >= 3, "first greedy tokens agree on {same} of 4");
+}
