@@ -27,6 +27,7 @@ OUT=results/arm64
 PYROOT=.tools/arm64-python
 
 bash scripts/deps.sh
+. scripts/ccache-env.sh
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=()

@@ -13,10 +13,14 @@
 # on the root crate) compiles hundreds of kernel instantiations, far too
 # slow for 2 cores in CI (see the README's "CUDA" section).
 #
-# It shares target/ with the CPU build (llama.cpp is not rebuilt), then
-# relinks the CPU reckon-train so target/release stays runnable here.
+# It shares target/ with the CPU build. The cuda feature changes the features
+# of llama-cpp-sys-2's build-script dependencies (`either`, through
+# cudaforge's `which`), so cargo compiles llama.cpp into a new OUT_DIR:
+# through ccache (scripts/ccache-env.sh) that is about 30 s, not 5 minutes.
+# Last it relinks the CPU reckon-train so target/release stays runnable here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 
 t0=$SECONDS
 CUDA_HOME=$(bash scripts/cuda-toolkit.sh)

@@ -3,7 +3,9 @@
 # cmake, clang and libclang-dev (llama.cpp is built from source by
 # llama-cpp-sys-2), python3 with pip (the default model is fetched from
 # PyPI), for the bindings tests a JDK, JNA and npm, and for the server tests
-# python3-venv, chromium and curl, and for the CUDA build check unzip. Debian/Ubuntu; uses sudo when not root. Safe to run again.
+# python3-venv, chromium and curl, for the CUDA build check unzip, and ccache
+# (scripts/ccache-env.sh). Debian/Ubuntu; uses sudo when not root. Safe to
+# run again.
 set -euo pipefail
 
 missing=()
@@ -25,6 +27,8 @@ python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The trainer's CUDA build check: unzip unpacks NVIDIA's toolkit wheels.
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+# llama.cpp rebuilt into another OUT_DIR compiles from ccache (scripts/ccache-env.sh).
+command -v ccache >/dev/null 2>&1 || missing+=(ccache)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing system packages: ${missing[*]}"

@@ -14,6 +14,7 @@
 # them: no nightly toolchain (which could not be fetched here) is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 SECONDS_EACH=${1:-30}
 shift || true
 TARGETS=("$@")
@@ -24,6 +25,13 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "0.13.2"; then
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 export RUSTC_BOOTSTRAP=1
+# llama.cpp's C/C++ in this build (RelWithDebInfo: cargo-fuzz asks for line
+# tables) at the flags OSS-Fuzz gives sanitizer builds, -O1 with line tables
+# and frame pointers, instead of CMake's -O2 -g: with ASan, llama-model.cpp
+# (the largest file) compiles in 12.0 s instead of 29.1 s on a 2.1 GHz Xeon.
+for lang in C CXX; do
+  export "CMAKE_${lang}_FLAGS_RELWITHDEBINFO=-O1 -g1 -fno-omit-frame-pointer -DNDEBUG"
+done
 cd fuzz
 cargo fuzz build -O
 SCRATCH=$(mktemp -d)

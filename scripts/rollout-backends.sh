@@ -14,10 +14,11 @@
 # may run beside it: the figures are timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 RT=./target/release/reckon-train
 OUT=${OUT:-runs/rollout-backends}
 RES=results/trainer-speed/rollout-backends.json
-[ -x "$RT" ] || cargo build --release --locked -p reckon-trainer
+[ -x "$RT" ] || cargo build --release --locked --workspace
 [ -f "$HOME/.cache/reckon/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" ] || ./target/release/reckon fetch-model
 mkdir -p "$OUT"
 

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
+. scripts/ccache-env.sh
 
 echo "==> building reckon (release, for this CPU; the first build compiles llama.cpp: ~6 min on 2 cores)"
 cargo build --release --locked --workspace

@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
 bash scripts/deps.sh
+. scripts/ccache-env.sh
 cargo build --release --locked --workspace
 MODEL=$(./target/release/reckon fetch-model --quiet)
 OUT=target/bindings/soak

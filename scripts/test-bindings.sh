@@ -6,6 +6,7 @@
 # with clang. Prints each suite's "N passed, N failed"; fails on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 
 KOTLIN_VERSION=2.4.20
 TOOLS=.tools

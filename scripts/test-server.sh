@@ -6,6 +6,7 @@
 # target/server-test/. Prints each suite's "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 
 OPENAI_VERSION=3.57.0
 HTTPX_VERSION=0.28.1

@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
+. scripts/ccache-env.sh
 
 cargo test --release --locked --workspace
 bash scripts/test-bindings.sh

@@ -15,9 +15,10 @@
 # figures are timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 RT=./target/release/reckon-train
 OUT=${OUT:-runs/configs-0.5b}
-[ -x "$RT" ] || cargo build --release --locked -p reckon-trainer
+[ -x "$RT" ] || cargo build --release --locked --workspace
 [ -f "$HOME/.cache/reckon/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" ] || ./target/release/reckon fetch-model
 mkdir -p runs "$OUT"
 [ -f runs/gsm8k-sft.jsonl ] || "$RT" data gsm8k --input ../shared/data/gsm8k/train.jsonl --out runs/gsm8k-sft.jsonl

@@ -6,9 +6,10 @@
 # Run nothing else beside it: the figures are timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/ccache-env.sh
 RT=./target/release/reckon-train
 OUT=results/trainer-speed
-[ -x "$RT" ] || cargo build --release --locked -p reckon-trainer
+[ -x "$RT" ] || cargo build --release --locked --workspace
 mkdir -p "$OUT"
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
 run() { # NAME ARGS...
