@@ -145,7 +145,9 @@ fn resume_after_a_kill_keeps_records_and_gives_the_same_summary() {
 #[test]
 fn parallel_eval_with_self_consistency_votes_per_problem() {
     let out = tempfile::tempdir().unwrap();
-    let args = ["--limit", "4", "--budgets", "16", "--parallel", "4", "--samples", "3", "--temperature", "0.7"];
+    // Batched without the flash-attention kernel (--no-flash-attn): the
+    // caps and votes must hold on that path too.
+    let args = ["--limit", "4", "--budgets", "16", "--parallel", "4", "--samples", "3", "--temperature", "0.7", "--no-flash-attn"];
     let o = eval_cmd(&shared_data(), out.path(), &args).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let recs = lines(&out.path().join("records/qwen2.5-coder-0.5b-instruct-q4_k_m/cap16.jsonl"));

@@ -230,6 +230,11 @@ pub struct EvalPlan {
     pub format: Option<crate::format::ThinkFormat>,
     /// Largest context to allocate (`None`: the model's).
     pub max_context: Option<u32>,
+    /// llama.cpp's flash-attention kernel in the batches (see
+    /// [`EngineOptions::flash_attention`]). A kernel choice, like the thread
+    /// count, so not part of what must match for records to be reused;
+    /// greedy paths may part where two tokens are near a tie.
+    pub flash_attention: bool,
 }
 
 /// What must match for records in `out` to be reused.
@@ -420,7 +425,13 @@ pub fn run(plan: &EvalPlan) -> Result<Summary> {
                 Some(e) => e,
                 None => engine.insert(Engine::load(
                     &model.path,
-                    EngineOptions { adapter: model.adapter.clone(), format: plan.format, max_context: plan.max_context, ..EngineOptions::default() },
+                    EngineOptions {
+                        adapter: model.adapter.clone(),
+                        format: plan.format,
+                        max_context: plan.max_context,
+                        flash_attention: plan.flash_attention,
+                        ..EngineOptions::default()
+                    },
                 )?),
             };
             let options = SolveOptions {

@@ -465,6 +465,7 @@ fn lora_adapter_applied_by_llama_cpp_equals_the_merged_model() {
         samples: 1,
         format: None,
         max_context: None,
+        flash_attention: true,
     };
     reckon::eval::run(&plan).unwrap();
     let labels = reckon::eval::model_labels(&plan.models);
