@@ -2,9 +2,9 @@
 # through ccache when it is installed (scripts/deps.sh installs it).
 #
 # Why: cargo rebuilds llama-cpp-sys-2, and with it all of llama.cpp (about
-# 10 minutes on 2 cores), whenever the features of its build script's own
-# dependencies change, and those are unified over whatever else the command
-# builds: `-p reckon` or `-p reckon-trainer` instead of `--workspace`, or
+# 5 minutes on 2 cores of a 2.1 GHz Xeon), whenever the features of its build
+# script's own dependencies change, and those are unified over whatever else
+# the command builds: `-p reckon` or `-p reckon-trainer` instead of `--workspace`, or
 # `--features reckon-trainer/cuda` (scripts/build-cuda.sh, CI), each gets a
 # new OUT_DIR. The sources and flags are the same, so ccache answers those
 # compiles from the first build's objects.
