@@ -11,6 +11,8 @@
 #             held-out train problems: picks grpo.toml's `length`
 #   3. grpo   GRPO on the SFT adapters (results/claim-gsm8k-0.5b/grpo.toml),
 #             rollouts on the engine -> rl.gguf (f16 adapter)
+#      check  the newest GRPO checkpoint (or `check STEP`) with the pilot's
+#             settings on its held-out problems, beside base+SFT (grpo-check/)
 #   4. eval   base, base+SFT, base+SFT+RL on test problems 0..200
 #   5. quant  the merged SFT+RL model as F32, Q8_0 and Q4_K_M GGUFs: per-token
 #             agreement with the F32 merge (`reckon compare`) on the eval texts
@@ -23,6 +25,7 @@
 #
 #   bash scripts/claim-gsm8k.sh            # run (or resume) every stage
 #   bash scripts/claim-gsm8k.sh STAGE      # one stage: data | sft | pilot | grpo | eval | quant
+#   bash scripts/claim-gsm8k.sh check [N]  # held-out check of GRPO's step N (default: newest)
 #   bash scripts/claim-gsm8k.sh park       # copy the stage in progress into results/ to commit
 #                                          # (bf16 moments; once a session: a submission is size-capped)
 #   bash scripts/claim-gsm8k.sh status     # where each stage stands
@@ -148,6 +151,35 @@ stage_pilot() {
   log "pilot: done ($RES/pilot/eval/summary.md)"
 }
 
+# The attempt that grpo.toml holds (attempt 1: attempt1-gated/), naming its
+# adapters in the held-out checks.
+ATTEMPT=attempt2
+
+# A mid-run check: a GRPO checkpoint's adapters with the pilot's settings
+# (greedy, cap 512, the same 60 held-out train problems) beside base+SFT,
+# whose records come from the pilot's evaluation. Adds a row to grpo-check/.
+stage_check() { # [STEP]
+  local ck=
+  if [ -n "${1:-}" ]; then ck="$RUN/grpo/checkpoints/step-$(printf %08d "$1")"; else ck=$(latest grpo || true); fi
+  [ -n "$ck" ] && [ -d "$ck" ] || { echo "claim-gsm8k.sh check: no GRPO checkpoint ${1:-}" >&2; exit 1; }
+  local step=$((10#${ck##*step-}))
+  local out="$RES/grpo-check" adapter="$RUN/check/$ATTEMPT-step$step.gguf"
+  local sft="qwen2.5-coder-0.5b-instruct-q4_k_m+sft"
+  mkdir -p "$RUN/check" "$out/records"
+  [ -f "$out/run.json" ] || cp "$RES/pilot/eval/run.json" "$out/run.json"
+  [ -d "$out/records/$sft" ] || cp -r "$RES/pilot/eval/records/$sft" "$out/records/"
+  "$RT" export --checkpoint "$ck" --adapter --type f16 --out "$adapter" --force >/dev/null
+  log "check: $ATTEMPT step $step on the held-out problems"
+  timed check "$RK" eval --data "$RUN/heldout.jsonl" --limit 60 --budgets 512 --threads 2 --out "$out" \
+    --model "$MODEL+$RES/sft.gguf" --model "$MODEL+$adapter" --json > "$out/summary-$ATTEMPT-step$step.json"
+  python3 - "$out/summary-$ATTEMPT-step$step.json" "$ATTEMPT-step$step" <<'PY' | tee -a "$RES/stages.log"
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    if r["model"].endswith(sys.argv[2]) or r["model"].endswith("+sft"):
+        print(f"  {r['model']}: {r['correct']}/{r['n']} right, mean thinking {r['mean_thinking_tokens']:.1f}, forced {100 * r['forced_share']:.0f}%")
+PY
+}
+
 stage_grpo() {
   if [ -f "$RES/rl.gguf" ]; then log "grpo: done ($RES/rl.gguf)"; return; fi
   ls "$RES"/checkpoints/sft/step-*/manifest.json >/dev/null 2>&1 || stage_sft
@@ -235,10 +267,11 @@ case "${1:-all}" in
   sft) stage_sft ;;
   grpo) stage_grpo ;;
   pilot) stage_pilot ;;
+  check) stage_check "${2:-}" ;;
   eval) stage_eval ;;
   quant) stage_quant ;;
   park) park ;;
   status) status ;;
   all) stage_data; stage_sft; stage_grpo; stage_eval; stage_quant ;;
-  *) echo "usage: $0 [data|sft|pilot|grpo|eval|quant|park|status]" >&2; exit 2 ;;
+  *) echo "usage: $0 [data|sft|pilot|grpo|check [STEP]|eval|quant|park|status]" >&2; exit 2 ;;
 esac
