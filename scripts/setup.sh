@@ -19,4 +19,4 @@ echo "==> solving a sample question"
   "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her friends every day with four. She sells the remainder at the farmers' market daily for \$2 per fresh duck egg. How much in dollars does she make every day at the farmers' market?"
 
 echo
-echo "Ready. Try: ./target/release/reckon solve --help"
+echo "Ready ($SECONDS s). Try: ./target/release/reckon solve --help"

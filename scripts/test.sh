@@ -12,8 +12,10 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 . scripts/ccache-env.sh
 
-cargo test --release --locked --workspace
-bash scripts/test-bindings.sh
-bash scripts/test-server.sh
-bash scripts/fuzz.sh 20
-bash scripts/build-cuda.sh
+# Each stage's seconds, so a slow CI log shows where the time went.
+stage() { local t0=$SECONDS; "$@"; echo "==> test.sh: '$*' took $((SECONDS - t0)) s"; }
+stage cargo test --release --locked --workspace
+stage bash scripts/test-bindings.sh
+stage bash scripts/test-server.sh
+stage bash scripts/fuzz.sh 20
+stage bash scripts/build-cuda.sh
