@@ -78,6 +78,14 @@ def solve(prefix, model, question, extra):
     return run_json(prefix + ["solve", "--json", "--token-ids", "--threads", THREADS, "--model", model] + extra + [question])
 
 
+def solve_both(host, prefix, model, question, args):
+    """The same solve on the host and on the other build: both results, and
+    the other build's seconds."""
+    h, _ = solve(host, model, question, args)
+    a, secs = solve(prefix, model, question, args)
+    return h, a, secs
+
+
 def ids(result):
     return [t["id"] for t in result["trace"]["tokens"]]
 
@@ -105,8 +113,7 @@ def compare(host, arm):
 def measure_logprobs(host, prefix, model, question, args):
     """One sampled solve on each side (SAMPLED_ARGS, same seed): the log-probs
     of the tokens both drew, position by position, until the paths part."""
-    h, _ = solve(host, model, question, args + SAMPLED_ARGS)
-    a, secs = solve(prefix, model, question, args + SAMPLED_ARGS)
+    h, a, secs = solve_both(host, prefix, model, question, args + SAMPLED_ARGS)
     row = compare(h, a)
     shared = len(ids(h)) if row["tokens_equal"] else row["first_difference"]
     deltas = [abs(x["logprob"] - y["logprob"])
@@ -131,8 +138,7 @@ def check_info(host, prefix, model):
 def check_tokens(host, prefix, model, questions):
     rows = []
     for q in questions:
-        h, _ = solve(host, model, q, TOKENS_ARGS)
-        a, secs = solve(prefix, model, q, TOKENS_ARGS)
+        h, a, secs = solve_both(host, prefix, model, q, TOKENS_ARGS)
         row = compare(h, a)
         thinking = a["thinking_tokens"] + a["injected_tokens"]
         row["cap_exact"] = (not a["forced_end"]) or thinking == 48
@@ -147,8 +153,7 @@ def check_tokens(host, prefix, model, questions):
 
 
 def check_floor(host, prefix, model):
-    h, _ = solve(host, model, SHORT, FLOOR_ARGS)
-    a, secs = solve(prefix, model, SHORT, FLOOR_ARGS)
+    h, a, secs = solve_both(host, prefix, model, SHORT, FLOOR_ARGS)
     row = compare(h, a)
     row.update(extensions=a["extensions"], injected_tokens=a["injected_tokens"], seconds=round(secs, 1),
                floor_held=a["extensions"] >= 1 and a["thinking_tokens"] + a["injected_tokens"] >= 16)
@@ -162,9 +167,7 @@ def calibrate(host, portable, model, questions):
     sampled log-probs of every question and the floor's, natively."""
     rows = []
     for q, args in [(q, TOKENS_ARGS) for q in questions] + [(SHORT, FLOOR_ARGS)]:
-        h, _ = solve(host, model, q, args)
-        a, _ = solve([portable], model, q, args)
-        row = compare(h, a)
+        row = compare(*solve_both(host, [portable], model, q, args)[:2])
         row["logprobs"] = measure_logprobs(host, [portable], model, q, args)
         rows.append(row)
         print(f"    calibration: {row}", flush=True)
@@ -192,8 +195,7 @@ def judge(r, scale):
     # is forced mid-working, so a path that parted answers another partial sum.
     t["ok"] = all([q["prompt_equal"] and q["cap_exact"] and parted_by_rounding(q, scale) for q in t["questions"]])
     fl = r["floor"]
-    held = fl.get("floor_held", fl["extensions"] >= 1)
-    fl["ok"] = held and parted_by_rounding(fl, scale)
+    fl["ok"] = fl["floor_held"] and parted_by_rounding(fl, scale)
     return [k for k in ("info", "tokens", "floor", "cap", "cancel", "python") if k in r and not r[k]["ok"]]
 
 
