@@ -26,6 +26,7 @@
 #   bash scripts/claim-gsm8k.sh            # run (or resume) every stage
 #   bash scripts/claim-gsm8k.sh STAGE      # one stage: data | sft | pilot | grpo | eval | quant
 #   bash scripts/claim-gsm8k.sh check [N]  # held-out check of GRPO's step N (default: newest)
+#   bash scripts/claim-gsm8k.sh finish [N] # end GRPO early at step N: rl.gguf from that checkpoint
 #   bash scripts/claim-gsm8k.sh park       # copy the stage in progress into results/ to commit
 #                                          # (bf16 moments; once a session: a submission is size-capped)
 #   bash scripts/claim-gsm8k.sh status     # where each stage stands
@@ -187,16 +188,34 @@ stage_grpo() {
   unpark grpo
   log "grpo: training (resumes from $(latest grpo || echo the SFT adapters))"
   timed grpo "$RT" grpo --config "$RES/grpo.toml" --out "$RUN/grpo" --json > "$RUN/grpo.out.json"
-  local ck; ck=$(latest grpo)
+  finish_grpo "$(latest grpo)"
+}
+
+# Ends the GRPO stage at checkpoint CK: rl.gguf, the slim final adapters,
+# the metrics. `claim-gsm8k.sh finish [STEP]` ends it early (before
+# grpo.toml's `steps`) at a parked or newest checkpoint, without training.
+finish_grpo() { # CK
+  local ck=$1
   "$RT" export --checkpoint "$ck" --adapter --type f16 --out "$RES/rl.gguf" --force
   # The final adapters without moments (35 MB): what the merged exports of
   # the quant stage are made from, on any machine.
   rm -rf "$RES/checkpoints/rl"
   "$RT" slim --checkpoint "$ck" --out "$RES/checkpoints/rl"
   cp "$RUN/grpo/metrics.jsonl" "$RES/grpo-metrics.jsonl"
-  cp "$RUN/grpo"/*.png "$RES/" 2>/dev/null || true
+  "$RT" plot --out "$RUN/grpo" >/dev/null
+  cp "$RUN/grpo/curves.png" "$RES/grpo-curves.png"
   rm -rf "$RES/resume/grpo"
-  log "grpo: done, $(du -h "$RES/rl.gguf" | cut -f1) adapter"
+  log "grpo: done at $(basename "$ck"), $(du -h "$RES/rl.gguf" | cut -f1) adapter"
+}
+
+stage_finish() { # [STEP]
+  if [ -f "$RES/rl.gguf" ]; then log "grpo: done ($RES/rl.gguf)"; return; fi
+  unpark grpo
+  local ck
+  if [ -n "${1:-}" ]; then ck="$RUN/grpo/checkpoints/step-$(printf %08d "$1")"; else ck=$(latest grpo || true); fi
+  [ -n "$ck" ] && [ -d "$ck" ] || { echo "claim-gsm8k.sh finish: no GRPO checkpoint ${1:-}" >&2; exit 1; }
+  log "grpo: ended early at $(basename "$ck") (grpo.toml plans more steps)"
+  finish_grpo "$ck"
 }
 
 stage_eval() {
@@ -221,7 +240,8 @@ stage_eval() {
   log "eval: base, base+SFT, base+SFT+RL"
   timed eval "$RK" eval "${common[@]}" --out "$RES/eval" \
     --model "$MODEL" --model "$MODEL+$RES/sft.gguf" --model "$MODEL+$RES/rl.gguf" --json > "$RES/eval-summary.json"
-  log "eval: done ($RES/eval)"
+  python3 scripts/claim-verdict.py "$RES/eval" >/dev/null
+  log "eval: done ($RES/eval; the criteria in $RES/eval/claim.md)"
 }
 
 # The merged SFT+RL model exported to F32, Q8_0 and Q4_K_M: per token,
@@ -273,10 +293,11 @@ case "${1:-all}" in
   grpo) stage_grpo ;;
   pilot) stage_pilot ;;
   check) stage_check "${2:-}" ;;
+  finish) stage_finish "${2:-}" ;;
   eval) stage_eval ;;
   quant) stage_quant ;;
   park) park ;;
   status) status ;;
   all) stage_data; stage_sft; stage_grpo; stage_eval; stage_quant ;;
-  *) echo "usage: $0 [data|sft|pilot|grpo|check [STEP]|eval|quant|park|status]" >&2; exit 2 ;;
+  *) echo "usage: $0 [data|sft|pilot|grpo|check [STEP]|finish [STEP]|eval|quant|park|status]" >&2; exit 2 ;;
 esac

@@ -101,6 +101,14 @@ enum Cmd {
     /// rewards, a length term, and rollouts budget-forced by the runtime's
     /// controller. Re-running resumes from the newest checkpoint.
     Grpo(RunArgs),
+    /// Draw a run's curves again from OUT/metrics.jsonl: loss.png for an
+    /// SFT run, curves.png for GRPO. A run draws them when it stops by
+    /// itself; one killed, or ended early at an earlier checkpoint, has none.
+    Plot {
+        /// The run's output directory (the --out of `sft` or `grpo`).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build training data.
     Data {
         #[command(subcommand)]
@@ -299,6 +307,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!("{} {kept}: {}", checkpoint.display(), dir.display());
         }
+        Cmd::Plot { out } => {
+            let png = replot(&out)?;
+            println!("{}", png.display());
+        }
         Cmd::Import { model, out } => {
             let dir = reckon_trainer::io::export::import(&model, &out)?;
             println!("imported {} as {}", model.display(), dir.display());
@@ -375,4 +387,27 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Redraw the curves of the run in `out` (its kind read from the metrics'
+/// fields); returns the picture's path.
+fn replot(out: &std::path::Path) -> Result<PathBuf> {
+    use reckon_trainer::run::session::{read_metrics, Row};
+    use reckon_trainer::rl::GrpoMetrics;
+    use reckon_trainer::sft::StepMetrics;
+    let metrics = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).with_context(|| format!("cannot read {}", metrics.display()))?;
+    let first: serde_json::Value = text
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("{} has no metrics rows", metrics.display()))?;
+    if first.get("reward").is_some() {
+        GrpoMetrics::plot(out, &read_metrics::<GrpoMetrics>(&metrics)?)?;
+        Ok(out.join("curves.png"))
+    } else if first.get("loss").is_some() {
+        StepMetrics::plot(out, &read_metrics::<StepMetrics>(&metrics)?)?;
+        Ok(out.join("loss.png"))
+    } else {
+        anyhow::bail!("{}: neither SFT (loss) nor GRPO (reward) metrics", metrics.display())
+    }
 }

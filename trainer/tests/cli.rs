@@ -75,6 +75,12 @@ fn sft_runs_from_the_command_line_and_resumes() {
     let second = run(&[]);
     assert_eq!(second["step"], 4);
     assert_eq!(second["resumed_from"], 2);
+    // A run that did not stop by itself has no curves: `plot` draws them.
+    let png = dir.path().join("run/loss.png");
+    std::fs::remove_file(&png).unwrap();
+    let o = bin().arg("plot").arg("--out").arg(dir.path().join("run")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     let help = bin().args(["sft", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("resumes from the newest checkpoint"));
 }
@@ -109,4 +115,22 @@ fn a_real_kill_mid_run_resumes_to_the_same_losses() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {}", x.step);
     }
+}
+
+#[test]
+fn plot_draws_a_grpo_runs_curves_from_its_metrics_and_refuses_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // The claim's GRPO metrics (a run ended early at a checkpoint).
+    let claim = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/claim-gsm8k-0.5b/grpo-metrics.jsonl");
+    std::fs::copy(claim, dir.path().join("metrics.jsonl")).unwrap();
+    let o = bin().arg("plot").arg("--out").arg(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(dir.path().join("curves.png")).unwrap().starts_with(b"\x89PNG"));
+    std::fs::write(dir.path().join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+    let o = bin().arg("plot").arg("--out").arg(dir.path()).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("neither SFT"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bin().arg("plot").arg("--out").arg(dir.path().join("missing")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
 }
