@@ -156,13 +156,19 @@ stage_pilot() {
 # adapters in the held-out checks.
 ATTEMPT=attempt2
 
+# GRPO's checkpoint at STEP (default: the newest), or an error naming WHO.
+grpo_checkpoint() { # WHO [STEP]
+  local ck=
+  if [ -n "${2:-}" ]; then ck="$RUN/grpo/checkpoints/step-$(printf %08d "$2")"; else ck=$(latest grpo || true); fi
+  [ -n "$ck" ] && [ -d "$ck" ] || { echo "claim-gsm8k.sh $1: no GRPO checkpoint ${2:-}" >&2; exit 1; }
+  echo "$ck"
+}
+
 # A mid-run check: a GRPO checkpoint's adapters with the pilot's settings
 # (greedy, cap 512, the same 60 held-out train problems) beside base+SFT,
 # whose records come from the pilot's evaluation. Adds a row to grpo-check/.
 stage_check() { # [STEP]
-  local ck=
-  if [ -n "${1:-}" ]; then ck="$RUN/grpo/checkpoints/step-$(printf %08d "$1")"; else ck=$(latest grpo || true); fi
-  [ -n "$ck" ] && [ -d "$ck" ] || { echo "claim-gsm8k.sh check: no GRPO checkpoint ${1:-}" >&2; exit 1; }
+  local ck; ck=$(grpo_checkpoint check "${1:-}")
   local step=$((10#${ck##*step-}))
   local out="$RES/grpo-check" adapter="$RUN/check/$ATTEMPT-step$step.gguf"
   local sft="qwen2.5-coder-0.5b-instruct-q4_k_m+sft"
@@ -211,9 +217,7 @@ finish_grpo() { # CK
 stage_finish() { # [STEP]
   if [ -f "$RES/rl.gguf" ]; then log "grpo: done ($RES/rl.gguf)"; return; fi
   unpark grpo
-  local ck
-  if [ -n "${1:-}" ]; then ck="$RUN/grpo/checkpoints/step-$(printf %08d "$1")"; else ck=$(latest grpo || true); fi
-  [ -n "$ck" ] && [ -d "$ck" ] || { echo "claim-gsm8k.sh finish: no GRPO checkpoint ${1:-}" >&2; exit 1; }
+  local ck; ck=$(grpo_checkpoint finish "${1:-}")
   log "grpo: ended early at $(basename "$ck") (grpo.toml plans more steps)"
   finish_grpo "$ck"
 }
