@@ -243,7 +243,7 @@ stage_eval() {
   [ -f "$RES/eval/run.json" ] || cp results/gsm8k-test200-qwen2.5-coder-0.5b/run.json "$RES/eval/run.json"
   log "eval: base, base+SFT, base+SFT+RL"
   timed eval "$RK" eval "${common[@]}" --out "$RES/eval" \
-    --model "$MODEL" --model "$MODEL+$RES/sft.gguf" --model "$MODEL+$RES/rl.gguf" --json > "$RES/eval-summary.json"
+    --model "$MODEL" --model "$MODEL+$RES/sft.gguf" --model "$MODEL+$RES/rl.gguf"
   python3 scripts/claim-verdict.py "$RES/eval" >/dev/null
   log "eval: done ($RES/eval; the criteria in $RES/eval/claim.md)"
 }
