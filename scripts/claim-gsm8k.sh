@@ -264,7 +264,8 @@ stage_quant() {
   done
   log "quant: teacher-forced agreement with the F32 merge over $QUANT_TEXTS texts"
   timed quant "$RK" compare --reference "$RUN/merged/rl-f32.gguf" --records "$texts" --limit "$QUANT_TEXTS" --threads 2 --format s1 \
-    --model "$RUN/merged/rl-q8_0.gguf" --model "$RUN/merged/rl-q4_k_m.gguf" --model "$MODEL+$RES/rl.gguf" --json > "$RES/quant-agreement.json"
+    --model "$RUN/merged/rl-q8_0.gguf" --model "$RUN/merged/rl-q4_k_m.gguf" --model "$MODEL+$RES/rl.gguf" --json > "$RUN/quant-agreement.json"
+  mv "$RUN/quant-agreement.json" "$RES/quant-agreement.json"
   log "quant: done ($RES/quant-agreement.json)"
 }
 

@@ -311,6 +311,12 @@ fn default_model_round_trips_through_the_trainer() {
     export(&ck, &opts(&q4, "q4_k_m")).unwrap();
     let ours = GgufFile::open(&q4).unwrap();
     let theirs = GgufFile::open(&original).unwrap();
+    // The vocabulary it came with, token for token and type for type (the
+    // original's 271 padding rows are UNUSED, not NORMAL): `reckon compare`
+    // refuses files whose vocabularies differ.
+    for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"] {
+        assert!(ours.get(key) == theirs.get(key), "{key} differs from the original's");
+    }
     // llama.cpp's Q4_K_M recipe gives `attn_v` and `ffn_down` of some
     // layers more bits: use_more_bits(i, n) = i < n/8 || i >= 7n/8 ||
     // (i - n/8) % 3 == 2 (llama-quant.cpp). The vendored llama.cpp walks

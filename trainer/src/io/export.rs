@@ -101,8 +101,14 @@ pub fn metadata(config: &Qwen2Config, tok: &Tok, chat_template: &str, prov: &Pro
     let mut tokens = Vec::with_capacity(config.vocab_size);
     let mut types = Vec::with_capacity(config.vocab_size);
     for i in 0..config.vocab_size {
+        // Embedding rows past the tokenizer are padding, named and typed as
+        // convert_hf_to_gguf.py does (UNUSED). A vocabulary read from such a
+        // GGUF (`Tok::from_gguf`) holds those names as ordinary entries:
+        // they are padding again here, so an imported model exports the
+        // vocabulary it came with, token types included.
+        let pad = format!("[PAD{i}]");
         match table.get(i).cloned().flatten() {
-            Some((t, kind)) => {
+            Some((t, kind)) if !(kind == TokenKind::Normal && t == pad) => {
                 tokens.push(Value::String(t));
                 types.push(Value::I32(match kind {
                     TokenKind::Normal => 1,
@@ -110,9 +116,8 @@ pub fn metadata(config: &Qwen2Config, tok: &Tok, chat_template: &str, prov: &Pro
                     TokenKind::UserDefined => 4,
                 }));
             }
-            None => {
-                // As convert_hf_to_gguf.py pads: unused placeholder rows.
-                tokens.push(Value::String(format!("[PAD{i}]")));
+            _ => {
+                tokens.push(Value::String(pad));
                 types.push(Value::I32(5));
             }
         }
