@@ -78,6 +78,20 @@ pub fn accuracy_vs_tokens(summary: &Summary, png: &Path, svg: &Path) -> Result<(
     Ok(())
 }
 
+/// The accuracy axis in percent: whole tens around every CI, with a band
+/// of ten below the lowest for the legend, so models a few points apart
+/// are told apart (a fixed 0–100 squeezes 20–30% into a sliver).
+fn y_range(cis: &[(f64, f64)]) -> (f64, f64) {
+    let low = cis.iter().map(|c| 100.0 * c.0).fold(100.0, f64::min);
+    let high = cis.iter().map(|c| 100.0 * c.1).fold(0.0, f64::max);
+    if low > high {
+        return (0.0, 100.0);
+    }
+    let lo = ((low / 10.0).floor() * 10.0 - 10.0).max(0.0);
+    let hi = ((high / 10.0).ceil() * 10.0).clamp(lo + 10.0, 100.0);
+    (lo, hi)
+}
+
 fn draw<DB: DrawingBackend>(summary: &Summary, root: DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String>
 where
     DB::ErrorType: 'static,
@@ -85,12 +99,13 @@ where
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let rows: Vec<&ConfigSummary> = summary.rows.iter().filter(|r| r.n > 0).collect();
     let x_max = rows.iter().map(|r| r.mean_thinking_tokens).fold(1.0, f64::max) * 1.15;
+    let (y_min, y_max) = y_range(&rows.iter().map(|r| (r.ci95_low, r.ci95_high)).collect::<Vec<_>>());
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("Accuracy vs thinking tokens ({} problems)", summary.problems), ("sans-serif", 24))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..x_max, 0f64..100f64)
+        .build_cartesian_2d(0f64..x_max, y_min..y_max)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
@@ -152,6 +167,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accuracy_axis_spans_every_interval_in_whole_tens() {
+        // The claim's rows: 15.5–34.1%.
+        assert_eq!(y_range(&[(0.155, 0.266), (0.218, 0.341)]), (0.0, 40.0));
+        assert_eq!(y_range(&[(0.62, 0.81), (0.70, 0.88)]), (50.0, 90.0));
+        assert_eq!(y_range(&[(0.91, 1.0)]), (80.0, 100.0));
+        assert_eq!(y_range(&[(0.0, 0.0)]), (0.0, 10.0));
+        assert_eq!(y_range(&[]), (0.0, 100.0));
+    }
 
     #[test]
     fn labels_of_crowded_points_do_not_overlap_each_other_or_the_points() {
