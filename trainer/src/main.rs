@@ -9,6 +9,7 @@ use reckon_trainer::io::jsonl::write_jsonl;
 use reckon_trainer::run::bench;
 use reckon_trainer::run::config::{ComputeDtype, DeviceChoice};
 use reckon_trainer::sft::data;
+use reckon_trainer::run::overrides::Override;
 use reckon_trainer::{GrpoConfig, RunOptions, SftConfig};
 
 #[derive(Parser)]
@@ -178,6 +179,16 @@ struct RunArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     json: bool,
+    /// Change one setting of the config for this run, as KEY=VALUE with a
+    /// dotted key and a TOML value (`--set train.steps=120 --set
+    /// optim.lr=3e-4 --set rollout.max_thinking_tokens=[512,768]`);
+    /// repeatable. A key the config does not have is refused.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    set: Vec<Override>,
+}
+
+fn parse_override(s: &str) -> Result<Override, String> {
+    Override::parse(s).map_err(|e| format!("{e:#}"))
 }
 
 impl RunArgs {
@@ -209,22 +220,87 @@ enum DataCmd {
     /// drawn per problem from --seed; the same command writes the same file.
     /// Also writes OUT.stats.json (word-count means and deciles, plain vs long).
     Gsm8kLong {
-        /// GSM8K JSONL (e.g. ../shared/data/gsm8k/train.jsonl).
-        #[arg(long)]
-        input: PathBuf,
-        /// Where to write the SFT JSONL.
-        #[arg(long)]
-        out: PathBuf,
-        /// First line to use (0-based), e.g. to keep SFT and RL problems apart.
-        #[arg(long, default_value_t = 0)]
-        offset: usize,
-        /// Problems to convert (default: all from --offset on).
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        lines: Lines,
         /// Seed of the phrasing.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Pick RL problems the model can learn from: by the reference's
+    /// calculator steps (`<<...>>` notes) and/or by pass rate, from
+    /// --samples budget-forced samples of each problem by --model on the
+    /// runtime's batched engine (resumed from OUT.screen/ when run again).
+    /// Writes the kept problems (their JSON plus `steps`, `pass_rate`,
+    /// `source_line`) to --out and counts to OUT.stats.json.
+    Screen {
+        #[command(flatten)]
+        lines: Lines,
+        /// Calculator steps to keep, as N or LOW-HIGH (e.g. 2-3).
+        #[arg(long, value_parser = parse_range)]
+        steps: Option<(usize, usize)>,
+        /// The model GRPO starts from, as `reckon eval` takes it:
+        /// MODEL.gguf or MODEL.gguf+ADAPTER.gguf. Without it, no pass-rate
+        /// screen.
+        #[arg(long)]
+        model: Option<String>,
+        /// Samples per problem.
+        #[arg(long, default_value_t = 8)]
+        samples: u32,
+        /// Their temperature.
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
+        /// Thinking cap of each sample, in tokens.
+        #[arg(long, default_value_t = 1024)]
+        max_think: u32,
+        /// Answer cap of each sample, in tokens.
+        #[arg(long, default_value_t = 64)]
+        max_answer: u32,
+        /// Lowest pass rate kept.
+        #[arg(long, default_value_t = 0.0)]
+        min_pass: f64,
+        /// Highest pass rate kept.
+        #[arg(long, default_value_t = 1.0)]
+        max_pass: f64,
+        /// Problems decoded together (each with --samples sequences).
+        #[arg(long, default_value_t = 2)]
+        parallel: u32,
+        /// Seed of the first sample (sample i is seeded SEED + i).
+        #[arg(long, default_value_t = 0)]
+        seed: u32,
+        /// Print the counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which GSM8K lines a data command reads, and where its output goes.
+#[derive(clap::Args)]
+struct Lines {
+    /// GSM8K JSONL (e.g. ../shared/data/gsm8k/train.jsonl).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the output JSONL.
+    #[arg(long)]
+    out: PathBuf,
+    /// First line to use (0-based), e.g. to keep SFT and RL problems apart.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Lines to use (default: all from --offset on).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// `N` or `LOW-HIGH`.
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let parse = |t: &str| t.trim().parse::<usize>().map_err(|e| format!("{t:?}: {e}"));
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => (parse(s)?, parse(s)?),
+    };
+    if lo > hi {
+        return Err(format!("{s}: LOW is above HIGH"));
+    }
+    Ok((lo, hi))
 }
 
 fn main() -> ExitCode {
@@ -241,7 +317,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Sft(args) => {
-            let cfg = SftConfig::load(&args.config)?;
+            let cfg = SftConfig::load_with(&args.config, &args.set)?;
             let o = reckon_trainer::sft::run_sft(&cfg, &args.options())?;
             let (out, json) = (args.out, args.json);
             if json {
@@ -269,7 +345,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Grpo(args) => {
-            let cfg = GrpoConfig::load(&args.config)?;
+            let cfg = GrpoConfig::load_with(&args.config, &args.set)?;
             let rows = reckon_trainer::rl::run_grpo(&cfg, &args.options())?;
             let out = args.out;
             if args.json {
@@ -323,7 +399,7 @@ fn run(cli: Cli) -> Result<()> {
             write_jsonl(&out, &recs)?;
             println!("{} SFT records written to {}", recs.len(), out.display());
         }
-        Cmd::Data { which: DataCmd::Gsm8kLong { input, out, offset, limit, seed } } => {
+        Cmd::Data { which: DataCmd::Gsm8kLong { lines: Lines { input, out, offset, limit }, seed } } => {
             let (recs, stats) = reckon_trainer::sft::longtrace::gsm8k_long(&input, seed, offset, limit)?;
             write_jsonl(&out, &recs)?;
             let stats_path = out.with_extension("stats.json");
@@ -340,6 +416,33 @@ fn run(cli: Cli) -> Result<()> {
                 stats.long_mean_words, stats.plain_mean_words, stats.ratio, stats.long_word_deciles
             );
             println!("statistics in {}", stats_path.display());
+        }
+        Cmd::Data { which: DataCmd::Screen { lines: Lines { input, out, offset, limit }, steps, model, samples, temperature, max_think, max_answer, min_pass, max_pass, parallel, seed, json } } => {
+            let opts = reckon_trainer::rl::curriculum::ScreenOptions {
+                input,
+                offset,
+                limit,
+                steps,
+                model,
+                samples,
+                temperature,
+                max_thinking_tokens: max_think,
+                max_answer_tokens: max_answer,
+                pass: (min_pass, max_pass),
+                parallel,
+                seed,
+                out,
+                progress: !json,
+            };
+            let r = reckon_trainer::rl::curriculum::screen(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} of {} problems kept ({} within the step range) in {}", r.kept, r.read, r.in_step_range, r.out.display());
+                if let (Some(all), Some(kept)) = (r.mean_pass_rate, r.kept_mean_pass_rate) {
+                    println!("mean pass rate {all:.3} screened, {kept:.3} kept; by tenths {:?}", r.pass_rate_histogram);
+                }
+            }
         }
         Cmd::Bench { shapes, mode, lora, batch, seq_len, steps, micro_batch_tokens, peak_gflops, device, dtype, json } => {
             let dev = device.open()?;

@@ -32,6 +32,54 @@ fn data_gsm8k_turns_train_lines_into_sft_records() {
 }
 
 #[test]
+fn data_screen_keeps_problems_by_calculator_steps_and_pass_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gsm8k/train.jsonl");
+    let read = |p: &std::path::Path| -> Vec<serde_json::Value> { std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    // By steps alone: lines 1000..1100 with two or three calculator notes.
+    let steps = dir.path().join("steps.jsonl");
+    let o = bin().args(["data", "screen", "--input"]).arg(&input).arg("--out").arg(&steps).args(["--offset", "1000", "--limit", "100", "--steps", "2-3", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kept = read(&steps);
+    assert_eq!(report["read"], 100);
+    assert_eq!(report["kept"].as_u64().unwrap() as usize, kept.len());
+    assert!(kept.len() >= 20 && kept.len() < 100, "{} of 100 kept", kept.len());
+    for r in &kept {
+        let notes = r["answer"].as_str().unwrap().matches("<<").count();
+        assert!((2..=3).contains(&notes) && r["steps"] == notes, "{r}");
+        assert!(r["source_line"].as_u64().unwrap() > 1000 && r["pass_rate"].is_null());
+    }
+    // By pass rate: 2 samples of each of 3 problems by the default model,
+    // kept when at least one is right; the records resume the screen.
+    let model = reckon::models::ensure_model(&reckon::models::ModelSpec::default_model(), &reckon::models::models_dir(), None, false).unwrap();
+    let rated = dir.path().join("rated.jsonl");
+    let screen = |min_pass: &str| {
+        bin().args(["data", "screen", "--input"]).arg(&input).arg("--out").arg(&rated).arg("--model").arg(&model)
+            .args(["--limit", "3", "--samples", "2", "--max-think", "24", "--max-answer", "16", "--min-pass", min_pass, "--json"]).output().unwrap()
+    };
+    let o = screen("0");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let all = read(&rated);
+    assert_eq!(all.len(), 3);
+    for r in &all {
+        let p = r["pass_rate"].as_f64().unwrap();
+        assert!(p == 0.0 || p == 0.5 || p == 1.0, "{r}");
+    }
+    let records = std::fs::read_dir(dir.path().join("rated.jsonl.screen/records")).unwrap().next().unwrap().unwrap().path().join("cap24.jsonl");
+    let before = std::fs::read_to_string(&records).unwrap();
+    assert_eq!(before.lines().count(), 3);
+    let o = screen("0.5");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&records).unwrap(), before, "resumed: nothing sampled again");
+    let kept = read(&rated);
+    assert_eq!(kept.len(), all.iter().filter(|r| r["pass_rate"].as_f64().unwrap() >= 0.5).count());
+    // Bad ranges are refused.
+    let o = bin().args(["data", "screen", "--input"]).arg(&input).arg("--out").arg(&rated).args(["--steps", "3-2"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("LOW is above HIGH"));
+}
+
+#[test]
 fn data_gsm8k_long_writes_long_traces_and_their_length_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("long.jsonl");
@@ -83,6 +131,16 @@ fn sft_runs_from_the_command_line_and_resumes() {
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     let help = bin().args(["sft", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("resumes from the newest checkpoint"));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--set <KEY=VALUE>"));
+    // The same config with settings changed on the command line.
+    let o = bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("set")).args(["--json", "--set", "train.steps=3", "--set", "checkpoint.every=3"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["step"], 3);
+    let o = bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("bad")).args(["--set", "train.stepz=3"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("train.stepz"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bin().arg("sft").arg("--config").arg(&cfg).arg("--out").arg(dir.path().join("bad")).args(["--set", "train.steps"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("KEY=VALUE"));
 }
 
 #[test]

@@ -67,6 +67,15 @@ pub struct RolloutSection {
     /// Elastic Reasoning, arXiv 2505.05315): a number or a list such as
     /// `[128, 256, 384]`. Overrides `budget.max_thinking_tokens`.
     pub max_thinking_tokens: Option<Caps>,
+    /// Thinking caps by step, tightened over the run (ThinkPrune, arXiv
+    /// 2504.01296): `[{ from_step = 1, caps = 1024 }, { from_step = 41,
+    /// caps = [640, 768] }]`. Each stage holds from its (1-based) step until
+    /// the next; its caps are drawn per prompt as `max_thinking_tokens`'s
+    /// are, which it replaces (set one or the other). Starting above the
+    /// model's natural length lets the model, not the cap, decide most
+    /// lengths early on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_schedule: Vec<CapStage>,
     /// Who samples: `engine` (the runtime's llama.cpp engine, batched; the
     /// default when the run starts from a GGUF, or from a LoRA checkpoint of
     /// one) or `trainer` (its own KV-cached sampler; tiny and HF models).
@@ -78,6 +87,16 @@ pub struct RolloutSection {
     /// faster on 2 CPU cores (results/trainer-speed); it changes kernel
     /// numerics only, so a run may resume with it changed.
     pub engine_flash_attention: bool,
+}
+
+/// One stage of `rollout.cap_schedule`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapStage {
+    /// The first step (1-based) these caps hold for.
+    pub from_step: u64,
+    /// One cap, or a list to draw from per prompt.
+    pub caps: Caps,
 }
 
 /// The rollout backend.
@@ -100,6 +119,16 @@ pub enum Caps {
     Many(Vec<u32>),
 }
 
+impl Caps {
+    /// The caps, as a list.
+    pub fn list(&self) -> Vec<u32> {
+        match self {
+            Caps::One(c) => vec![*c],
+            Caps::Many(v) => v.clone(),
+        }
+    }
+}
+
 impl Default for RolloutSection {
     fn default() -> Self {
         Self {
@@ -107,6 +136,7 @@ impl Default for RolloutSection {
             sampling: Default::default(),
             budget: reckon::BudgetConfig { max_thinking_tokens: 256, max_answer_tokens: 32, ..Default::default() },
             max_thinking_tokens: None,
+            cap_schedule: Vec::new(),
             backend: None,
             engine_slots: 32,
             engine_flash_attention: true,
@@ -131,20 +161,53 @@ impl RolloutSection {
         }
     }
 
-    /// Every budget a rollout may get.
+    /// Every budget a rollout may get, over the whole run.
     pub fn budgets(&self) -> Vec<reckon::BudgetConfig> {
-        let caps = match &self.max_thinking_tokens {
-            None => vec![self.budget.max_thinking_tokens],
-            Some(Caps::One(c)) => vec![*c],
-            Some(Caps::Many(v)) => v.clone(),
+        let mut caps: Vec<u32> = if self.cap_schedule.is_empty() {
+            self.caps_at(0)
+        } else {
+            self.cap_schedule.iter().flat_map(|s| s.caps.list()).collect()
         };
-        caps.into_iter().map(|c| reckon::BudgetConfig { max_thinking_tokens: c, ..self.budget.clone() }).collect()
+        caps.dedup();
+        caps.into_iter().map(|c| self.with_cap(c)).collect()
+    }
+
+    /// The caps rollouts of step `step` (0-based) are drawn from.
+    pub fn caps_at(&self, step: u64) -> Vec<u32> {
+        if let Some(stage) = self.cap_schedule.iter().rev().find(|s| s.from_step <= step + 1) {
+            return stage.caps.list();
+        }
+        match &self.max_thinking_tokens {
+            None => vec![self.budget.max_thinking_tokens],
+            Some(c) => c.list(),
+        }
+    }
+
+    fn with_cap(&self, cap: u32) -> reckon::BudgetConfig {
+        reckon::BudgetConfig { max_thinking_tokens: cap, ..self.budget.clone() }
+    }
+
+    /// Check `max_thinking_tokens` and `cap_schedule`.
+    fn validate_caps(&self) -> Result<()> {
+        ensure!(!matches!(&self.max_thinking_tokens, Some(Caps::Many(v)) if v.is_empty()), "rollout.max_thinking_tokens is an empty list: give one cap or several");
+        if self.cap_schedule.is_empty() {
+            return Ok(());
+        }
+        ensure!(self.max_thinking_tokens.is_none(), "rollout.cap_schedule replaces rollout.max_thinking_tokens: set one or the other");
+        ensure!(self.cap_schedule[0].from_step == 1, "rollout.cap_schedule must start at from_step = 1 (it starts at {})", self.cap_schedule[0].from_step);
+        for w in self.cap_schedule.windows(2) {
+            ensure!(w[1].from_step > w[0].from_step, "rollout.cap_schedule: from_step must increase ({} after {})", w[1].from_step, w[0].from_step);
+        }
+        for s in &self.cap_schedule {
+            ensure!(!s.caps.list().is_empty(), "rollout.cap_schedule: the stage from step {} has no caps", s.from_step);
+        }
+        Ok(())
     }
 
     /// The budget of prompt `i` of step `step`: a function of (seed, step,
     /// i) only, so a resumed run draws the same caps.
     pub fn budget_for(&self, seed: u64, step: u64, i: usize) -> reckon::BudgetConfig {
-        let all = self.budgets();
+        let all: Vec<reckon::BudgetConfig> = self.caps_at(step).into_iter().map(|c| self.with_cap(c)).collect();
         // SplitMix64 of the position: independent of the sampling RNG.
         let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -204,7 +267,12 @@ impl Default for GrpoTrain {
 impl GrpoConfig {
     /// Read, resolve paths, validate.
     pub fn load(path: &Path) -> Result<Self> {
-        let (mut cfg, base): (GrpoConfig, PathBuf) = read_toml(path)?;
+        Self::load_with(path, &[])
+    }
+
+    /// Read with `--set` overrides applied, resolve paths, validate.
+    pub fn load_with(path: &Path, sets: &[crate::run::overrides::Override]) -> Result<Self> {
+        let (mut cfg, base): (GrpoConfig, PathBuf) = read_toml(path, sets)?;
         cfg.model.resolve(&base, &mut cfg.data.train);
         cfg.validate()?;
         Ok(cfg)
@@ -224,7 +292,8 @@ impl GrpoConfig {
         );
         ensure!(self.train.micro_batch_tokens >= 16, "train.micro_batch_tokens must be at least 16");
         ensure!(self.rollout.sampling.top_p > 0.0 && self.rollout.sampling.top_p <= 1.0, "rollout.sampling.top_p must be in (0, 1]");
-        ensure!(!matches!(&self.rollout.max_thinking_tokens, Some(Caps::Many(v)) if v.is_empty()), "rollout.max_thinking_tokens is an empty list: give one cap or several");
+        self.rollout.validate_caps()?;
+        self.reward.length.validate().map_err(anyhow::Error::msg)?;
         for b in self.rollout.budgets() {
             b.validate().map_err(|e| anyhow::anyhow!("rollout.budget (thinking cap {}): {e}", b.max_thinking_tokens))?;
         }
@@ -256,6 +325,33 @@ mod tests {
         assert_eq!(parsed.max_thinking_tokens, Some(Caps::Many(vec![128, 256])));
         let parsed: RolloutSection = toml::from_str("max_thinking_tokens = 64\n").unwrap();
         assert_eq!(parsed.max_thinking_tokens, Some(Caps::One(64)));
+    }
+
+    #[test]
+    fn a_cap_schedule_tightens_the_caps_by_step() {
+        let r: RolloutSection = toml::from_str("cap_schedule = [{ from_step = 1, caps = 1024 }, { from_step = 11, caps = [512, 768] }, { from_step = 21, caps = 384 }]\n").unwrap();
+        r.validate_caps().unwrap();
+        // Steps are 0-based in the loop, 1-based in the config.
+        assert_eq!(r.caps_at(0), vec![1024]);
+        assert_eq!(r.caps_at(9), vec![1024]);
+        assert_eq!(r.caps_at(10), vec![512, 768]);
+        assert_eq!(r.caps_at(19), vec![512, 768]);
+        assert_eq!(r.caps_at(20), vec![384]);
+        assert_eq!(r.caps_at(500), vec![384]);
+        for step in [0, 10, 15, 20] {
+            for i in 0..4 {
+                assert!(r.caps_at(step).contains(&r.budget_for(3, step, i).max_thinking_tokens));
+            }
+        }
+        assert_eq!(r.budgets().iter().map(|b| b.max_thinking_tokens).collect::<Vec<_>>(), vec![1024, 512, 768, 384]);
+        // Not serialized when unset: a run's identity stays as before.
+        assert!(!serde_json::to_string(&RolloutSection::default()).unwrap().contains("cap_schedule"));
+
+        let bad = |text: &str| toml::from_str::<RolloutSection>(text).unwrap().validate_caps().unwrap_err().to_string();
+        assert!(bad("cap_schedule = [{ from_step = 5, caps = 64 }]\n").contains("from_step = 1"));
+        assert!(bad("cap_schedule = [{ from_step = 1, caps = 64 }, { from_step = 1, caps = 32 }]\n").contains("increase"));
+        assert!(bad("cap_schedule = [{ from_step = 1, caps = [] }]\n").contains("no caps"));
+        assert!(bad("max_thinking_tokens = 64\ncap_schedule = [{ from_step = 1, caps = 64 }]\n").contains("one or the other"));
     }
 }
 

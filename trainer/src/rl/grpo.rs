@@ -63,6 +63,13 @@ pub struct GrpoMetrics {
     pub mean_length: f64,
     /// Median of the same.
     pub median_length: f64,
+    /// Mean generated tokens of the correct completions (none: no
+    /// completion was correct).
+    #[serde(default)]
+    pub mean_length_correct: Option<f64>,
+    /// Mean generated tokens of the wrong completions (none: none was).
+    #[serde(default)]
+    pub mean_length_wrong: Option<f64>,
     /// Share of completions whose thinking was cut by the cap.
     pub forced_share: f64,
     /// Mean k3 KL to the reference (0 without one).
@@ -239,6 +246,8 @@ pub fn run_grpo(cfg: &GrpoConfig, opts: &RunOptions) -> Result<Vec<GrpoMetrics>>
             accuracy: judged.iter().filter(|c| c.correct).count() as f64 / n,
             mean_length: lens.iter().sum::<f64>() / n,
             median_length: reckon::eval::report::median(lens.clone()),
+            mean_length_correct: mean_length_where(&judged, true),
+            mean_length_wrong: mean_length_where(&judged, false),
             forced_share: rolled.iter().filter(|r| r.think_end != Some(ThinkEnd::Natural)).count() as f64 / n,
             kl: update.kl,
             clip_fraction: update.clip_fraction,
@@ -504,6 +513,12 @@ pub fn policy_update(
     Ok(stats)
 }
 
+/// Mean generated tokens of the completions whose correctness is `correct`.
+fn mean_length_where(judged: &[Completion], correct: bool) -> Option<f64> {
+    let lens: Vec<f64> = judged.iter().filter(|c| c.correct == correct).map(|c| c.generated_tokens as f64).collect();
+    (!lens.is_empty()).then(|| lens.iter().sum::<f64>() / lens.len() as f64)
+}
+
 fn plot_grpo(png: &Path, rows: &[GrpoMetrics]) -> Result<()> {
     let pts = |f: fn(&GrpoMetrics) -> f64| rows.iter().map(|m| (m.step as f64, f(m))).collect::<Vec<_>>();
     curves(
@@ -511,8 +526,13 @@ fn plot_grpo(png: &Path, rows: &[GrpoMetrics]) -> Result<()> {
         "GRPO",
         &[
             Panel { label: "mean reward", points: pts(|m| m.reward), log_y: false },
-            Panel { label: "accuracy", points: pts(|m| m.accuracy), log_y: false },
+            Panel { label: "rollout accuracy", points: pts(|m| m.accuracy), log_y: false },
             Panel { label: "mean completion tokens", points: pts(|m| m.mean_length), log_y: false },
+            // Steps with no correct (wrong) completion are left out.
+            Panel { label: "tokens, correct completions", points: pts(|m| m.mean_length_correct.unwrap_or(f64::NAN)), log_y: false },
+            Panel { label: "tokens, wrong completions", points: pts(|m| m.mean_length_wrong.unwrap_or(f64::NAN)), log_y: false },
+            Panel { label: "share forced at the cap", points: pts(|m| m.forced_share), log_y: false },
+            Panel { label: "completions trained on", points: pts(|m| m.trained_completions as f64), log_y: false },
         ],
     )
 }
@@ -535,6 +555,15 @@ mod tests {
         // ...nor a missing one.
         let none = judge(&done("6 * 7 = 42", ""), "42");
         assert!(!none.correct && !none.answered);
+    }
+
+    #[test]
+    fn lengths_of_correct_and_wrong_completions_are_kept_apart() {
+        let c = |correct, n| Completion { correct, natural_end: true, answered: true, generated_tokens: n };
+        let judged = [c(true, 10), c(false, 40), c(true, 20), c(false, 60)];
+        assert_eq!(mean_length_where(&judged, true), Some(15.0));
+        assert_eq!(mean_length_where(&judged, false), Some(50.0));
+        assert_eq!(mean_length_where(&judged[..1], false), None, "no wrong completion: no mean");
     }
 
     #[test]

@@ -8,7 +8,12 @@
 //!   correct answers get λ, wrong ones min(0, λ), so being short never pays
 //!   for a wrong answer); or the same term gated on the group being mostly
 //!   right (GRPO-λ), which is reported to avoid the accuracy collapse of
-//!   always-on length pressure.
+//!   always-on length pressure; or a length cost among the group's *correct*
+//!   answers only, −α·σ(z) with z the length's z-score among them, so that
+//!   the reward is correct × (1 − α·σ(z)) (Arora & Zanette, "Training
+//!   Language Models to Reason Efficiently", arXiv 2502.04463): a wrong
+//!   answer is never paid for being short, and a group with too few right
+//!   answers gets no length term at all.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +49,38 @@ pub enum LengthPenalty {
         /// Share of correct completions a group needs.
         min_group_accuracy: f64,
     },
+    /// −`alpha`·σ(z) for each correct completion, z its length's z-score
+    /// among the group's correct completions (0 when they are all equally
+    /// long); 0 for wrong ones, and for every completion of a group with
+    /// fewer than `min_correct` correct ones. With the length weight at 1,
+    /// a correct completion's reward is 1 − α·σ(z): between 1 − α (much
+    /// longer than its correct peers) and 1 (much shorter).
+    Efficient {
+        /// Strength, in (0, 1): the paper used 0.1-0.4.
+        alpha: f64,
+        /// Correct completions a group needs for the term to act (≥ 1).
+        #[serde(default = "one")]
+        min_correct: usize,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+impl LengthPenalty {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            Self::Linear { per_token } if !(per_token >= 0.0) => Err(format!("reward.length: per_token must be ≥ 0, got {per_token}")),
+            Self::Gated { min_group_accuracy } if !(0.0..=1.0).contains(&min_group_accuracy) => {
+                Err(format!("reward.length: min_group_accuracy must be in [0, 1], got {min_group_accuracy}"))
+            }
+            Self::Efficient { alpha, .. } if !(alpha > 0.0 && alpha < 1.0) => Err(format!("reward.length: alpha must be in (0, 1), got {alpha}")),
+            Self::Efficient { min_correct: 0, .. } => Err("reward.length: min_correct must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Weights of the reward components.
@@ -80,6 +117,7 @@ pub fn length(group: &[Completion], penalty: LengthPenalty) -> Vec<f64> {
         LengthPenalty::None => vec![0.0; group.len()],
         LengthPenalty::Linear { per_token } => group.iter().map(|c| -per_token * c.generated_tokens as f64).collect(),
         LengthPenalty::Kimi => kimi(group),
+        LengthPenalty::Efficient { alpha, min_correct } => efficient(group, alpha, min_correct),
         LengthPenalty::Gated { min_group_accuracy } => {
             let acc = group.iter().filter(|c| c.correct).count() as f64 / group.len().max(1) as f64;
             if acc >= min_group_accuracy {
@@ -89,6 +127,26 @@ pub fn length(group: &[Completion], penalty: LengthPenalty) -> Vec<f64> {
             }
         }
     }
+}
+
+fn efficient(group: &[Completion], alpha: f64, min_correct: usize) -> Vec<f64> {
+    let lens: Vec<f64> = group.iter().filter(|c| c.correct).map(|c| c.generated_tokens as f64).collect();
+    if lens.len() < min_correct.max(1) {
+        return vec![0.0; group.len()];
+    }
+    let n = lens.len() as f64;
+    let mean = lens.iter().sum::<f64>() / n;
+    let std = (lens.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n).sqrt();
+    group
+        .iter()
+        .map(|c| {
+            if !c.correct {
+                return 0.0;
+            }
+            let z = if std > 0.0 { (c.generated_tokens as f64 - mean) / std } else { 0.0 };
+            -alpha / (1.0 + (-z).exp())
+        })
+        .collect()
 }
 
 fn kimi(group: &[Completion]) -> Vec<f64> {
@@ -173,6 +231,29 @@ mod tests {
         let p = LengthPenalty::Gated { min_group_accuracy: 0.75 };
         assert_eq!(length(&right, p), length(&right, LengthPenalty::Kimi));
         assert_eq!(length(&wrong, p), vec![0.0; 4]);
+    }
+
+    #[test]
+    fn efficient_weighs_length_among_correct_answers_only() {
+        let p = LengthPenalty::Efficient { alpha: 0.2, min_correct: 2 };
+        // Correct lengths 10, 30: mean 20, std 10, z = -1 and +1.
+        let g = [c(true, 10), c(true, 30), c(false, 5), c(false, 500)];
+        let l = length(&g, p);
+        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        assert!((l[0] + 0.2 * sig(-1.0)).abs() < 1e-12 && (l[1] + 0.2 * sig(1.0)).abs() < 1e-12, "{l:?}");
+        assert!(l[0] > l[1], "the shorter right answer is paid more");
+        assert_eq!(&l[2..], &[0.0, 0.0], "wrong answers get no length term, short or long");
+        // The reward of a correct answer stays in (1 - alpha, 1]: right
+        // always beats wrong.
+        let r = group_rewards(&g, RewardWeights { correctness: 1.0, format: 0.0, length: 1.0 }, p);
+        assert!(r[1].total > 0.8 && r[1].total < 1.0 && r[2].total == 0.0, "{r:?}");
+        // Too few right answers: no term; all equally long: the same for each.
+        assert_eq!(length(&[c(true, 10), c(false, 30), c(false, 20)], p), vec![0.0; 3]);
+        assert_eq!(length(&[c(true, 10), c(true, 10), c(false, 3)], p), vec![-0.1, -0.1, 0.0]);
+        assert!(LengthPenalty::Efficient { alpha: 1.5, min_correct: 1 }.validate().is_err());
+        assert!(LengthPenalty::Efficient { alpha: 0.2, min_correct: 0 }.validate().is_err());
+        let parsed: LengthPenalty = toml::from_str::<toml::Value>("kind = \"efficient\"\nalpha = 0.3\n").unwrap().try_into().unwrap();
+        assert_eq!(parsed, LengthPenalty::Efficient { alpha: 0.3, min_correct: 1 });
     }
 
     #[test]

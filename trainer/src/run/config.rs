@@ -12,6 +12,8 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::overrides::{self, Override};
+
 /// `[model]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,10 +194,17 @@ impl Default for CheckpointSection {
     }
 }
 
-/// Parse a TOML config; also returns the directory relative paths start from.
-pub(crate) fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(T, PathBuf)> {
+/// Parse a TOML config with `--set` overrides applied (each must name a
+/// setting the config has); also returns the directory relative paths
+/// start from.
+pub(crate) fn read_toml<T: for<'de> Deserialize<'de> + Serialize>(path: &Path, sets: &[Override]) -> Result<(T, PathBuf)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-    let cfg = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+    overrides::apply(&mut table, sets)?;
+    let what: String = sets.iter().map(|o| format!(" --set {}={}", o.key(), o.value)).collect();
+    let what = if what.is_empty() { what } else { format!(" with{what}") };
+    let cfg: T = table.try_into().with_context(|| format!("config {}{what} is not valid", path.display()))?;
+    overrides::check_applied(&cfg, sets)?;
     Ok((cfg, path.parent().unwrap_or(Path::new(".")).to_path_buf()))
 }
 

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod config;
 pub mod optim;
+pub mod overrides;
 pub mod plot;
 pub mod session;
 

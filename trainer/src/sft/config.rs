@@ -106,7 +106,12 @@ impl Default for TrainSection {
 impl SftConfig {
     /// Read, resolve relative paths against the file's directory, validate.
     pub fn load(path: &Path) -> Result<Self> {
-        let (mut cfg, base): (SftConfig, PathBuf) = read_toml(path)?;
+        Self::load_with(path, &[])
+    }
+
+    /// Read with `--set` overrides applied, resolve paths, validate.
+    pub fn load_with(path: &Path, sets: &[crate::run::overrides::Override]) -> Result<Self> {
+        let (mut cfg, base): (SftConfig, PathBuf) = read_toml(path, sets)?;
         cfg.model.resolve(&base, &mut cfg.data.train);
         cfg.validate()?;
         Ok(cfg)
