@@ -24,14 +24,12 @@ fn overfits_a_handful_of_examples() {
         &data,
         "[train]\nsteps = 120\nbatch_size = 4\ngrad_accum = 1\nseed = 1\n\n[optim]\nlr = 3e-3\nwarmup_steps = 5\nmin_lr_ratio = 0.1\n\n[checkpoint]\nevery = 1000\n",
     );
-    let t0 = std::time::Instant::now();
+    // Its speed is a benchmark's (`reckon-train bench`), not a test's.
     let out = run_sft(&SftConfig::load(&cfg).unwrap(), &opts(&dir.path().join("run"))).unwrap();
-    let secs = t0.elapsed().as_secs_f64();
     let first = out.metrics.first().unwrap().loss;
     let last = out.metrics.last().unwrap().loss;
     assert!(first > 3.0, "a random model starts near ln(vocab): {first}");
     assert!(last < 0.05, "loss after 120 steps: {last} (from {first})");
-    assert!(secs < 60.0, "took {secs:.1} s");
     let png = std::fs::read(dir.path().join("run/loss.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let lines: Vec<StepMetrics> = read_metrics(&dir.path().join("run/metrics.jsonl")).unwrap();
@@ -276,9 +274,9 @@ fn truncation_is_counted() {
     recs[1].thinking = "check ".repeat(300);
     common::write_sft(&data, &recs);
     let cfg = common::sft_config(dir.path(), &data, "[train]\nsteps = 1\nbatch_size = 3\ngrad_accum = 1\nseed = 0\n");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_seq_len = 256", "max_seq_len = 200");
-    std::fs::write(&cfg, text).unwrap();
-    let o = run_sft(&SftConfig::load(&cfg).unwrap(), &opts(&dir.path().join("r"))).unwrap();
+    let mut cfg = SftConfig::load(&cfg).unwrap();
+    cfg.data.max_seq_len = 200;
+    let o = run_sft(&cfg, &opts(&dir.path().join("r"))).unwrap();
     assert_eq!(o.data.truncated, 1);
     assert_eq!(o.data.dropped, 0);
 }
