@@ -6,6 +6,11 @@
 # trainer's CUDA build (compiled and linked against a
 # CUDA 13 toolkit from PyPI; its GPU tests run on a GPU machine through
 # scripts/gpu-check.sh). CI runs exactly this.
+#
+# The last two stages spend their time building (a sanitizer build of
+# llama.cpp; candle's CUDA kernels): each runs only when the files it
+# compiles differ from those its last passing run recorded in .ci/built/
+# (scripts/built.sh), and the log says which. RUN_ALL=1 runs both anyway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,5 +22,12 @@ stage() { local t0=$SECONDS; "$@"; echo "==> test.sh: '$*' took $((SECONDS - t0)
 stage cargo test --release --locked --workspace
 stage bash scripts/test-bindings.sh
 stage bash scripts/test-server.sh
-stage bash scripts/fuzz.sh 20
-stage bash scripts/build-cuda.sh
+# Run a build stage unless .ci/built/NAME records a pass on these inputs.
+built_stage() {
+  local name=$1; shift
+  if [ "${RUN_ALL:-0}" != 1 ] && bash scripts/built.sh check "$name"; then return; fi
+  stage "$@"
+}
+built_stage fuzz bash scripts/fuzz.sh 20
+built_stage cuda bash scripts/build-cuda.sh
+echo "==> test.sh: all stages passed in $SECONDS s"
